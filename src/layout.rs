@@ -1,0 +1,488 @@
+//! The byte layout of a segment: `#[repr(C)]` structs with fixed-width fields, their
+//! compile-time size and offset checks, and the geometry arithmetic that places every shard.
+//!
+//! Everything here is plain data. Nothing read from a segment is trusted until
+//! [`Geometry::from_header`] has re-derived every offset and size and compared them.
+
+use bytemuck::{Pod, Zeroable};
+use std::mem::{align_of, offset_of, size_of};
+
+/// First eight bytes of every segment.
+pub const MAGIC: [u8; 8] = *b"SHMCACHE";
+/// Bumped whenever any byte of the layout below changes meaning.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Value of [`Header::ready`] once the creator has finished formatting the segment.
+pub const READY: u32 = 0x5245_4459; // "READY"
+/// "No index" in every `u32` link (LRU, free lists, chunk chains).
+pub const NIL: u32 = u32::MAX;
+/// Bytes reserved for a shard's robust mutex (its own cache line).
+pub const LOCK_BLOCK: usize = 64;
+/// Alignment of every section inside a shard, and of the shard stride.
+pub const SECTION_ALIGN: usize = 64;
+
+/// Hard limits that keep every index below the bit used as a repair mark.
+pub const MAX_SHARDS: u32 = 4096;
+/// Upper bound on entries in one shard (indices must stay below [`NIL`] and the mark bit).
+pub const MAX_ENTRIES_PER_SHARD: u32 = 1 << 30;
+/// Upper bound on chunks in one shard.
+pub const MAX_CHUNKS_PER_SHARD: u32 = 1 << 30;
+/// Keys are stored with a 16-bit length.
+pub const MAX_KEY_LEN: u32 = u16::MAX as u32;
+/// Smallest and largest chunk size accepted (powers of two).
+pub const MIN_CHUNK: u32 = 16;
+/// See [`MIN_CHUNK`].
+pub const MAX_CHUNK: u32 = 64 * 1024;
+
+/// The segment header: written once by the creator, read-only afterwards except `ready`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct Header {
+    /// [`MAGIC`].
+    pub magic: [u8; 8],
+    /// [`LAYOUT_VERSION`].
+    pub layout_version: u32,
+    /// [`abi_tag`] of the creating build: mutex size, pointer width, endianness, arch.
+    pub abi_tag: u32,
+    /// [`READY`] once formatted; written last with release ordering.
+    pub ready: u32,
+    /// `size_of::<Header>()` as the creator saw it.
+    pub header_size: u32,
+    /// Number of shards.
+    pub shard_count: u32,
+    /// Record slots per shard.
+    pub entries_per_shard: u32,
+    /// Hash index slots per shard (a power of two).
+    pub index_slots: u32,
+    /// Arena chunks per shard.
+    pub chunks_per_shard: u32,
+    /// Bytes per arena chunk (a power of two).
+    pub chunk_size: u32,
+    /// Longest key accepted.
+    pub max_key_len: u32,
+    /// Longest value accepted.
+    pub max_value_len: u32,
+    /// Reserved, zero.
+    pub _reserved0: u32,
+    /// TTL applied by `set` when none is given; 0 means entries do not expire by default.
+    pub default_ttl_ns: u64,
+    /// Seed of the xxh3 key hash; random per segment.
+    pub hash_seed: u64,
+    /// Wall-clock creation time (ns since the Unix epoch), for display only.
+    pub created_unix_ns: u64,
+    /// Byte distance between consecutive shards.
+    pub shard_stride: u64,
+    /// Byte offset of shard 0.
+    pub shards_offset: u64,
+    /// Bytes the whole segment must have.
+    pub total_size: u64,
+    /// Process id of the creator, for display only.
+    pub creator_pid: u32,
+    /// Reserved, zero.
+    pub _reserved1: u32,
+    /// Reserved for future fields; zero.
+    pub _reserved: [u64; 18],
+}
+
+/// Per-shard bookkeeping, guarded by the shard's mutex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct ShardMeta {
+    /// Non-zero while a mutation is under way; found set by the next holder = repair first.
+    pub dirty: u32,
+    /// Live entries.
+    pub len: u32,
+    /// Most recently used entry, or [`NIL`].
+    pub lru_head: u32,
+    /// Least recently used entry, or [`NIL`].
+    pub lru_tail: u32,
+    /// First free record, linked through `Record::next`.
+    pub free_rec_head: u32,
+    /// First free chunk, linked through the chunk-link array.
+    pub free_chunk_head: u32,
+    /// Length of the free chunk list.
+    pub free_chunks: u32,
+    /// Where the bounded expiry sweep resumes.
+    pub sweep_cursor: u32,
+    /// Key + value bytes held by live entries.
+    pub bytes_used: u64,
+    /// Successful lookups.
+    pub hits: u64,
+    /// Lookups that found nothing (absent or expired).
+    pub misses: u64,
+    /// Stores (set/add/replace/incr that wrote a value).
+    pub sets: u64,
+    /// Entries removed to make room.
+    pub evictions: u64,
+    /// Entries removed because their TTL had passed.
+    pub expirations: u64,
+    /// Times this shard was repaired after a dead or panicking holder or detected damage.
+    pub recoveries: u64,
+    /// Explicit removals (delete/take).
+    pub deletes: u64,
+    /// Reserved; zero.
+    pub _reserved: [u64; 4],
+}
+
+/// One entry's metadata. 32 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+pub struct Record {
+    /// Low 32 bits of the key's hash (the index's home slot and a fast filter).
+    pub hash: u32,
+    /// LRU neighbour towards the head (more recent), or [`NIL`].
+    pub prev: u32,
+    /// LRU neighbour towards the tail, or [`NIL`]; the free-list link for free records.
+    pub next: u32,
+    /// First chunk of the key+value bytes, or [`NIL`] when both are empty.
+    pub first_chunk: u32,
+    /// Key length in bytes.
+    pub key_len: u16,
+    /// [`REC_FREE`], [`REC_LIVE`] or [`REC_WRITING`], plus transient flag bits.
+    pub state: u16,
+    /// Value length in bytes.
+    pub value_len: u32,
+    /// Absolute expiry on `CLOCK_MONOTONIC` in ns; 0 = never.
+    pub expires_at: u64,
+}
+
+/// Record slot not in use.
+pub const REC_FREE: u16 = 0;
+/// Record holds a complete entry.
+pub const REC_LIVE: u16 = 1;
+/// Record's data is being rewritten; repair drops it.
+pub const REC_WRITING: u16 = 2;
+/// Mask for the state value (the other bits are transient flags).
+pub const REC_STATE_MASK: u16 = 0x00ff;
+/// Transient flag used by repair while re-threading the LRU list.
+pub const REC_VISITED: u16 = 0x0100;
+/// Mark bit in a chunk link, used by repair and validation only.
+pub const CHUNK_MARK: u32 = 1 << 31;
+
+const _: () = {
+    assert!(size_of::<Header>() == 256);
+    assert!(offset_of!(Header, layout_version) == 8);
+    assert!(offset_of!(Header, abi_tag) == 12);
+    assert!(offset_of!(Header, ready) == 16);
+    assert!(offset_of!(Header, default_ttl_ns) == 56);
+    assert!(offset_of!(Header, hash_seed) == 64);
+    assert!(offset_of!(Header, shard_stride) == 80);
+    assert!(offset_of!(Header, total_size) == 96);
+    assert!(size_of::<ShardMeta>() == 128);
+    assert!(offset_of!(ShardMeta, bytes_used) == 32);
+    assert!(offset_of!(ShardMeta, recoveries) == 80);
+    assert!(size_of::<Record>() == 32);
+    assert!(offset_of!(Record, key_len) == 16);
+    assert!(offset_of!(Record, value_len) == 20);
+    assert!(offset_of!(Record, expires_at) == 24);
+    assert!(align_of::<Record>() == 8);
+    assert!(size_of::<libc::pthread_mutex_t>() <= LOCK_BLOCK);
+    assert!(align_of::<libc::pthread_mutex_t>() <= SECTION_ALIGN);
+};
+
+/// A tag for what must match between the creating and the joining build beyond the layout
+/// version: the mutex's size and alignment, pointer width, byte order and architecture.
+pub fn abi_tag() -> u32 {
+    let desc = format!(
+        "{}-{}-{}-{}-{}",
+        size_of::<libc::pthread_mutex_t>(),
+        align_of::<libc::pthread_mutex_t>(),
+        usize::BITS,
+        if cfg!(target_endian = "little") { "le" } else { "be" },
+        std::env::consts::ARCH,
+    );
+    xxhash_rust::xxh3::xxh3_64(desc.as_bytes()) as u32
+}
+
+const fn align_up(v: u64, a: u64) -> u64 {
+    v.div_ceil(a) * a
+}
+
+/// Where each section of a shard lies, relative to the start of the shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardLayout {
+    /// Offset of the guarded region (meta onwards) from the shard start.
+    pub region_offset: usize,
+    /// Bytes of the guarded region.
+    pub region_len: usize,
+    /// Offsets inside the guarded region.
+    pub index_off: usize,
+    /// Records offset inside the region.
+    pub records_off: usize,
+    /// Chunk-link array offset inside the region.
+    pub links_off: usize,
+    /// Arena offset inside the region.
+    pub arena_off: usize,
+    /// Whole shard including its lock block, padded to [`SECTION_ALIGN`].
+    pub stride: usize,
+}
+
+/// Everything a handle needs to find its way in a segment, derived from the header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Number of shards.
+    pub shard_count: u32,
+    /// Record slots per shard.
+    pub entries_per_shard: u32,
+    /// Index slots per shard (power of two).
+    pub index_slots: u32,
+    /// Chunks per shard.
+    pub chunks_per_shard: u32,
+    /// Bytes per chunk (power of two).
+    pub chunk_size: u32,
+    /// Longest key.
+    pub max_key_len: u32,
+    /// Longest value.
+    pub max_value_len: u32,
+    /// Default TTL in ns, 0 = none.
+    pub default_ttl_ns: u64,
+    /// Key hash seed.
+    pub hash_seed: u64,
+    /// Section offsets.
+    pub shard: ShardLayout,
+    /// Offset of shard 0 in the segment.
+    pub shards_offset: usize,
+    /// Required segment size.
+    pub total_size: usize,
+}
+
+/// Why a set of numbers cannot be a geometry.
+pub type GeometryError = String;
+
+impl Geometry {
+    /// Derives the full geometry from the independent parameters, checking every bound
+    /// and every multiplication.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        shard_count: u32,
+        entries_per_shard: u32,
+        chunks_per_shard: u32,
+        chunk_size: u32,
+        max_key_len: u32,
+        max_value_len: u32,
+        default_ttl_ns: u64,
+        hash_seed: u64,
+    ) -> Result<Geometry, GeometryError> {
+        if shard_count == 0 || shard_count > MAX_SHARDS {
+            return Err(format!("shard count {shard_count} is outside 1..={MAX_SHARDS}"));
+        }
+        if entries_per_shard == 0 || entries_per_shard > MAX_ENTRIES_PER_SHARD {
+            return Err(format!(
+                "entries per shard {entries_per_shard} is outside 1..={MAX_ENTRIES_PER_SHARD}"
+            ));
+        }
+        if chunks_per_shard == 0 || chunks_per_shard > MAX_CHUNKS_PER_SHARD {
+            return Err(format!(
+                "chunks per shard {chunks_per_shard} is outside 1..={MAX_CHUNKS_PER_SHARD}"
+            ));
+        }
+        if !chunk_size.is_power_of_two() || !(MIN_CHUNK..=MAX_CHUNK).contains(&chunk_size) {
+            return Err(format!(
+                "chunk size {chunk_size} is not a power of two in {MIN_CHUNK}..={MAX_CHUNK}"
+            ));
+        }
+        if max_key_len == 0 || max_key_len > MAX_KEY_LEN {
+            return Err(format!("max key length {max_key_len} is outside 1..={MAX_KEY_LEN}"));
+        }
+        let arena = chunks_per_shard as u64 * chunk_size as u64;
+        // Bounding one entry to half a shard's arena is what makes every accepted set
+        // succeed: evicting all other entries always frees enough, old value included.
+        if (max_key_len as u64 + max_value_len as u64) * 2 > arena {
+            return Err(format!(
+                "an entry of up to {} bytes does not fit twice in a shard arena of {arena} bytes",
+                max_key_len as u64 + max_value_len as u64
+            ));
+        }
+        let index_slots = index_slots_for(entries_per_shard)?;
+
+        let a = SECTION_ALIGN as u64;
+        let meta = size_of::<ShardMeta>() as u64;
+        let index_off = align_up(meta, a);
+        let records_off = align_up(index_off + 4 * index_slots as u64, a);
+        let links_off = align_up(
+            records_off + size_of::<Record>() as u64 * entries_per_shard as u64,
+            a,
+        );
+        let arena_off = align_up(links_off + 4 * chunks_per_shard as u64, a);
+        let region_len = align_up(arena_off + arena, a);
+        let stride = align_up(LOCK_BLOCK as u64 + region_len, 2 * a);
+        let shards_offset = align_up(size_of::<Header>() as u64, 2 * a);
+        let total = stride
+            .checked_mul(shard_count as u64)
+            .and_then(|s| s.checked_add(shards_offset))
+            .filter(|t| *t <= isize::MAX as u64 / 2)
+            .ok_or_else(|| "segment size overflows".to_string())?;
+        let to_usize = |v: u64| usize::try_from(v).map_err(|_| "segment too large".to_string());
+        Ok(Geometry {
+            shard_count,
+            entries_per_shard,
+            index_slots,
+            chunks_per_shard,
+            chunk_size,
+            max_key_len,
+            max_value_len,
+            default_ttl_ns,
+            hash_seed,
+            shard: ShardLayout {
+                region_offset: LOCK_BLOCK,
+                region_len: to_usize(region_len)?,
+                index_off: to_usize(index_off)?,
+                records_off: to_usize(records_off)?,
+                links_off: to_usize(links_off)?,
+                arena_off: to_usize(arena_off)?,
+                stride: to_usize(stride)?,
+            },
+            shards_offset: to_usize(shards_offset)?,
+            total_size: to_usize(total)?,
+        })
+    }
+
+    /// Re-derives the geometry from a header read out of a segment and checks that the
+    /// derived sizes equal the stored ones: nothing in the header is used unchecked.
+    pub fn from_header(h: &Header) -> Result<Geometry, GeometryError> {
+        let g = Geometry::new(
+            h.shard_count,
+            h.entries_per_shard,
+            h.chunks_per_shard,
+            h.chunk_size,
+            h.max_key_len,
+            h.max_value_len,
+            h.default_ttl_ns,
+            h.hash_seed,
+        )?;
+        if g.index_slots != h.index_slots
+            || g.shard.stride as u64 != h.shard_stride
+            || g.shards_offset as u64 != h.shards_offset
+            || g.total_size as u64 != h.total_size
+            || h.header_size as usize != size_of::<Header>()
+        {
+            return Err("header sizes disagree with its own geometry".to_string());
+        }
+        Ok(g)
+    }
+
+    /// A header describing this geometry (not yet marked ready).
+    pub fn to_header(&self, created_unix_ns: u64, creator_pid: u32) -> Header {
+        Header {
+            magic: MAGIC,
+            layout_version: LAYOUT_VERSION,
+            abi_tag: abi_tag(),
+            ready: 0,
+            header_size: size_of::<Header>() as u32,
+            shard_count: self.shard_count,
+            entries_per_shard: self.entries_per_shard,
+            index_slots: self.index_slots,
+            chunks_per_shard: self.chunks_per_shard,
+            chunk_size: self.chunk_size,
+            max_key_len: self.max_key_len,
+            max_value_len: self.max_value_len,
+            _reserved0: 0,
+            default_ttl_ns: self.default_ttl_ns,
+            hash_seed: self.hash_seed,
+            created_unix_ns,
+            shard_stride: self.shard.stride as u64,
+            shards_offset: self.shards_offset as u64,
+            total_size: self.total_size as u64,
+            creator_pid,
+            _reserved1: 0,
+            _reserved: [0; 18],
+        }
+    }
+
+    /// Arena bytes per shard.
+    pub fn arena_bytes(&self) -> u64 {
+        self.chunks_per_shard as u64 * self.chunk_size as u64
+    }
+
+    /// Which shard a 64-bit key hash belongs to (high bits; the low bits pick the slot).
+    #[inline]
+    pub fn shard_of(&self, hash: u64) -> usize {
+        (((hash >> 32) * self.shard_count as u64) >> 32) as usize
+    }
+
+    /// Byte offset of shard `i`'s lock block in the segment.
+    pub fn shard_offset(&self, i: usize) -> usize {
+        self.shards_offset + i * self.shard.stride
+    }
+
+    /// Metadata bytes per entry slot: record plus its share of the index.
+    pub fn metadata_bytes_per_entry(&self) -> f64 {
+        size_of::<Record>() as f64 + 4.0 * self.index_slots as f64 / self.entries_per_shard as f64
+    }
+}
+
+/// Index slots for `entries`: a power of two keeping the load factor at or below 0.8.
+fn index_slots_for(entries: u32) -> Result<u32, GeometryError> {
+    let want = (entries as u64 * 5).div_ceil(4).max(8);
+    let slots = want.next_power_of_two();
+    u32::try_from(slots).map_err(|_| "index too large".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geom() -> Geometry {
+        Geometry::new(4, 100, 1000, 64, 250, 10_000, 0, 7).unwrap()
+    }
+
+    #[test]
+    fn header_round_trips_through_geometry() {
+        let g = geom();
+        let h = g.to_header(1, 2);
+        assert_eq!(Geometry::from_header(&h).unwrap(), g);
+    }
+
+    #[test]
+    fn tampered_header_is_refused() {
+        let mut h = geom().to_header(1, 2);
+        h.total_size += 64;
+        assert!(Geometry::from_header(&h).is_err());
+        let mut h = geom().to_header(1, 2);
+        h.index_slots = 4;
+        assert!(Geometry::from_header(&h).is_err());
+        let mut h = geom().to_header(1, 2);
+        h.chunk_size = 48;
+        assert!(Geometry::from_header(&h).is_err());
+        let mut h = geom().to_header(1, 2);
+        h.shard_count = u32::MAX;
+        assert!(Geometry::from_header(&h).is_err());
+    }
+
+    #[test]
+    fn sections_are_aligned_and_disjoint() {
+        let g = geom();
+        let s = g.shard;
+        assert!(s.index_off >= size_of::<ShardMeta>());
+        assert!(s.records_off >= s.index_off + 4 * g.index_slots as usize);
+        assert!(s.links_off >= s.records_off + 32 * g.entries_per_shard as usize);
+        assert!(s.arena_off >= s.links_off + 4 * g.chunks_per_shard as usize);
+        assert!(s.region_len >= s.arena_off + g.arena_bytes() as usize);
+        assert!(s.stride >= LOCK_BLOCK + s.region_len);
+        for off in [s.index_off, s.records_off, s.links_off, s.arena_off, s.stride] {
+            assert_eq!(off % SECTION_ALIGN, 0);
+        }
+        assert_eq!(g.total_size, g.shards_offset + 4 * s.stride);
+    }
+
+    #[test]
+    fn entry_limit_must_fit_twice_in_a_shard() {
+        assert!(Geometry::new(1, 10, 10, 64, 100, 300, 0, 0).is_err());
+        assert!(Geometry::new(1, 10, 10, 64, 20, 300, 0, 0).is_ok());
+    }
+
+    #[test]
+    fn index_load_factor_stays_below_point_eight() {
+        for n in [1u32, 7, 8, 100, 1000, 4096, 100_000] {
+            let slots = index_slots_for(n).unwrap();
+            assert!(slots.is_power_of_two());
+            assert!(n as f64 / slots as f64 <= 0.8, "{n} -> {slots}");
+        }
+    }
+
+    #[test]
+    fn metadata_per_entry_is_at_most_48_bytes_for_default_like_geometry() {
+        // 4096 entries per shard -> 8192 slots: 32 + 8 = 40 bytes.
+        let g = Geometry::new(16, 4096, 65536, 64, 1024, 1 << 20, 0, 0).unwrap();
+        assert!(g.metadata_bytes_per_entry() <= 48.0);
+    }
+}
