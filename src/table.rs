@@ -729,6 +729,7 @@ impl<'a> ShardView<'a> {
                     evicted = 0;
                     self.rec_mut(r)?.state = REC_WRITING;
                     self.write_at(old.first_chunk, key.len(), value)?;
+                    crate::fault::hit(crate::fault::FaultPoint::StoreMidWrite);
                 } else {
                     evicted = self.make_room(need, false, Some(r), now)?;
                     let first = self.alloc_chain(need)?;
@@ -774,6 +775,7 @@ impl<'a> ShardView<'a> {
                     },
                 };
                 self.index_insert(r, h)?;
+                crate::fault::hit(crate::fault::FaultPoint::StoreMidWrite);
                 self.lru_push_front(r)?;
                 self.rec_mut(r)?.state = REC_LIVE;
                 self.meta.len += 1;

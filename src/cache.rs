@@ -1,0 +1,954 @@
+//! The public handle: [`Cache`] and its [`Options`].
+
+use crate::clock::monotonic_ns;
+use crate::error::{Error, Result};
+use crate::fault::{self, FaultPoint};
+use crate::layout::{Geometry, ShardMeta};
+use crate::name::validate_name;
+use crate::sys::fork;
+use crate::sys::robust::LockError;
+use crate::sys::segment::{OpenMode, OpenParams, Segment};
+use crate::table::{key_hash, Deadline, Incr, Now, ShardView, StoreMode, Stored, TableError};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// How to create (or what to expect when joining) a segment, and per-handle settings.
+///
+/// Geometry settings apply only when this call creates the segment; a joiner adopts the
+/// creator's geometry and [`Cache::adopted`] lists where it differs from what was asked.
+///
+/// ```no_run
+/// use shmemcache::Options;
+/// use std::time::Duration;
+///
+/// let cache = Options::new()
+///     .capacity_bytes(256 << 20)
+///     .max_entries(1_000_000)
+///     .default_ttl(Some(Duration::from_secs(300)))
+///     .open("sessions")?;
+/// # Ok::<(), shmemcache::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Options {
+    capacity_bytes: u64,
+    max_entries: Option<u64>,
+    shards: u32,
+    chunk_size: u32,
+    max_key_len: u32,
+    max_value_len: Option<u32>,
+    default_ttl: Option<Duration>,
+    mode: u32,
+    lock_timeout: Duration,
+    init_timeout: Duration,
+    allow_foreign_owner: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            capacity_bytes: 64 << 20,
+            max_entries: None,
+            shards: 16,
+            chunk_size: 64,
+            max_key_len: 1024,
+            max_value_len: None,
+            default_ttl: None,
+            mode: 0o600,
+            lock_timeout: Duration::from_secs(1),
+            init_timeout: Duration::from_secs(10),
+            allow_foreign_owner: false,
+        }
+    }
+}
+
+impl Options {
+    /// Defaults: 64 MiB of key+value storage, one entry per 256 bytes of it, 16 shards,
+    /// 64-byte chunks, keys up to 1 KiB, values up to 1 MiB, no default TTL, mode 0600,
+    /// 1 s lock timeout.
+    pub fn new() -> Options {
+        Options::default()
+    }
+    /// Bytes of key+value storage (the arena), split evenly across shards.
+    pub fn capacity_bytes(mut self, bytes: u64) -> Self {
+        self.capacity_bytes = bytes;
+        self
+    }
+    /// Most entries held (rounded up to a multiple of the shard count). Default: one per
+    /// 256 bytes of capacity.
+    pub fn max_entries(mut self, n: u64) -> Self {
+        self.max_entries = Some(n);
+        self
+    }
+    /// Number of independently locked shards (1..=4096).
+    pub fn shards(mut self, n: u32) -> Self {
+        self.shards = n;
+        self
+    }
+    /// Arena chunk size in bytes (a power of two, 16..=65536); entries occupy whole chunks.
+    pub fn chunk_size(mut self, n: u32) -> Self {
+        self.chunk_size = n;
+        self
+    }
+    /// Longest key accepted (at most 65535).
+    pub fn max_key_len(mut self, n: u32) -> Self {
+        self.max_key_len = n;
+        self
+    }
+    /// Longest value accepted. Default: 1 MiB, or less if a shard is small (an entry must
+    /// fit twice in one shard so a store never fails from lack of room).
+    pub fn max_value_len(mut self, n: u32) -> Self {
+        self.max_value_len = Some(n);
+        self
+    }
+    /// TTL that `set`, `add`, `replace` and `incr` (on a new key) apply. `None`: no expiry.
+    pub fn default_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+    /// File mode of a new segment (default `0o600`: this user only).
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode & 0o777;
+        self
+    }
+    /// How long an operation waits for a shard lock before `Error::LockTimeout`.
+    pub fn lock_timeout(mut self, t: Duration) -> Self {
+        self.lock_timeout = t;
+        self
+    }
+    /// How long opening waits for another process to finish creating the segment.
+    pub fn init_timeout(mut self, t: Duration) -> Self {
+        self.init_timeout = t;
+        self
+    }
+    /// Join segments owned by another user (refused by default).
+    pub fn allow_foreign_owner(mut self, yes: bool) -> Self {
+        self.allow_foreign_owner = yes;
+        self
+    }
+
+    /// The geometry these options create.
+    pub fn geometry(&self) -> Result<Geometry> {
+        let bad = |m: String| Error::InvalidArgument(m);
+        if self.shards == 0 {
+            return Err(bad("shards must be at least 1".into()));
+        }
+        let shards = self.shards as u64;
+        let per_shard = self.capacity_bytes.div_ceil(shards);
+        let chunk = self.chunk_size.max(1) as u64;
+        let chunks = per_shard.div_ceil(chunk);
+        let entries = self
+            .max_entries
+            .unwrap_or((self.capacity_bytes / 256).max(shards * 8))
+            .div_ceil(shards);
+        let max_value = match self.max_value_len {
+            Some(v) => v,
+            None => {
+                let fit = (chunks * chunk / 2).saturating_sub(self.max_key_len as u64);
+                fit.min(1 << 20) as u32
+            }
+        };
+        if max_value == 0 {
+            return Err(bad(format!(
+                "capacity of {} bytes over {} shards leaves no room for values",
+                self.capacity_bytes, self.shards
+            )));
+        }
+        let ttl = match self.default_ttl {
+            Some(d) => ttl_ns(d)?,
+            None => 0,
+        };
+        let seed = random_seed();
+        Geometry::new(
+            self.shards,
+            u32::try_from(entries).map_err(|_| bad("max_entries is too large".into()))?,
+            u32::try_from(chunks).map_err(|_| bad("capacity_bytes is too large".into()))?,
+            self.chunk_size,
+            self.max_key_len,
+            max_value,
+            ttl,
+            seed,
+        )
+        .map_err(bad)
+    }
+
+    fn open_with(&self, name: &str, mode: OpenMode) -> Result<Cache> {
+        validate_name(name)?;
+        if self.lock_timeout.is_zero() {
+            return Err(Error::InvalidArgument("lock_timeout must be positive".into()));
+        }
+        let geometry = self.geometry()?;
+        let params = OpenParams {
+            mode,
+            geometry,
+            perm: self.mode,
+            allow_foreign_owner: self.allow_foreign_owner,
+            init_timeout: self.init_timeout,
+        };
+        let seg = Segment::open(name, &params)?;
+        let adopted = if seg.created() {
+            Vec::new()
+        } else {
+            differences(&geometry, seg.geometry())
+        };
+        Ok(Cache::from_segment(seg, self.lock_timeout, adopted))
+    }
+
+    /// Joins `name`, creating it with these options if it does not exist.
+    pub fn open(&self, name: &str) -> Result<Cache> {
+        self.open_with(name, OpenMode::OpenOrCreate)
+    }
+    /// Creates `name`; `Error::AlreadyExists` if it exists.
+    pub fn create(&self, name: &str) -> Result<Cache> {
+        self.open_with(name, OpenMode::CreateNew)
+    }
+    /// Joins an existing `name`; `Error::NotFound` if there is none.
+    pub fn open_existing(&self, name: &str) -> Result<Cache> {
+        self.open_with(name, OpenMode::OpenExisting)
+    }
+}
+
+fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_err()
+    {
+        // No urandom: still vary per segment.
+        b = (crate::clock::unix_ns() ^ (std::process::id() as u64) << 32).to_le_bytes();
+    }
+    u64::from_le_bytes(b)
+}
+
+fn differences(asked: &Geometry, got: &Geometry) -> Vec<String> {
+    let mut d = Vec::new();
+    let mut cmp = |what: &str, a: u64, b: u64| {
+        if a != b {
+            d.push(format!("{what}: asked {a}, segment has {b}"));
+        }
+    };
+    cmp("shards", asked.shard_count as u64, got.shard_count as u64);
+    cmp(
+        "entries per shard",
+        asked.entries_per_shard as u64,
+        got.entries_per_shard as u64,
+    );
+    cmp(
+        "arena bytes per shard",
+        asked.arena_bytes(),
+        got.arena_bytes(),
+    );
+    cmp("chunk size", asked.chunk_size as u64, got.chunk_size as u64);
+    cmp("max key length", asked.max_key_len as u64, got.max_key_len as u64);
+    cmp(
+        "max value length",
+        asked.max_value_len as u64,
+        got.max_value_len as u64,
+    );
+    cmp("default TTL (ns)", asked.default_ttl_ns, got.default_ttl_ns);
+    d
+}
+
+fn ttl_ns(d: Duration) -> Result<u64> {
+    if d.is_zero() {
+        return Err(Error::ZeroTtl);
+    }
+    u64::try_from(d.as_nanos())
+        .ok()
+        .filter(|&n| n < u64::MAX / 4)
+        .ok_or_else(|| Error::InvalidArgument(format!("TTL {d:?} is too large")))
+}
+
+/// Remaining lifetime of an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// The entry does not expire.
+    Never,
+    /// The entry expires after this long.
+    In(Duration),
+}
+
+/// Counters of one shard, or summed over all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Lookups that found a live entry.
+    pub hits: u64,
+    /// Lookups that found nothing.
+    pub misses: u64,
+    /// Values written.
+    pub sets: u64,
+    /// Live entries removed to make room.
+    pub evictions: u64,
+    /// Entries removed because they had expired.
+    pub expirations: u64,
+    /// Explicit removals.
+    pub deletes: u64,
+    /// Repairs after a dead or panicking lock holder, or detected damage.
+    pub recoveries: u64,
+    /// Entries held (including expired ones not yet reclaimed).
+    pub entries: u64,
+    /// Entry capacity.
+    pub entry_capacity: u64,
+    /// Key + value bytes held.
+    pub bytes_used: u64,
+    /// Arena bytes in use (whole chunks).
+    pub arena_used: u64,
+    /// Arena capacity in bytes.
+    pub arena_capacity: u64,
+}
+
+impl ShardStats {
+    fn from_meta(m: &ShardMeta, g: &Geometry) -> ShardStats {
+        let cs = g.chunk_size as u64;
+        ShardStats {
+            hits: m.hits,
+            misses: m.misses,
+            sets: m.sets,
+            evictions: m.evictions,
+            expirations: m.expirations,
+            deletes: m.deletes,
+            recoveries: m.recoveries,
+            entries: m.len as u64,
+            entry_capacity: g.entries_per_shard as u64,
+            bytes_used: m.bytes_used,
+            arena_used: (g.chunks_per_shard as u64).saturating_sub(m.free_chunks as u64) * cs,
+            arena_capacity: g.arena_bytes(),
+        }
+    }
+
+    fn add(&mut self, o: &ShardStats) {
+        self.hits += o.hits;
+        self.misses += o.misses;
+        self.sets += o.sets;
+        self.evictions += o.evictions;
+        self.expirations += o.expirations;
+        self.deletes += o.deletes;
+        self.recoveries += o.recoveries;
+        self.entries += o.entries;
+        self.entry_capacity += o.entry_capacity;
+        self.bytes_used += o.bytes_used;
+        self.arena_used += o.arena_used;
+        self.arena_capacity += o.arena_capacity;
+    }
+
+    /// hits / (hits + misses), or 0 with no lookups.
+    pub fn hit_ratio(&self) -> f64 {
+        let n = self.hits + self.misses;
+        if n == 0 {
+            0.0
+        } else {
+            self.hits as f64 / n as f64
+        }
+    }
+}
+
+/// Counters per shard and in total.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Sum over all shards.
+    pub total: ShardStats,
+    /// One entry per shard.
+    pub shards: Vec<ShardStats>,
+}
+
+/// What [`Cache::check`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// `(shard, problem)` for every shard that breaks an invariant.
+    pub problems: Vec<(usize, String)>,
+}
+
+impl CheckReport {
+    /// True when no problem was found.
+    pub fn is_healthy(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// What [`Cache::repair`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RepairSummary {
+    /// Entries kept across all shards.
+    pub kept: u64,
+    /// Entries dropped because they failed validation.
+    pub dropped: u64,
+    /// Shards that had to be cleared.
+    pub cleared_shards: u32,
+}
+
+/// Outcome of a successful store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetOutcome {
+    /// Live entries evicted (least recently used first) to make room.
+    pub evicted: u32,
+}
+
+/// Facts about the attached segment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Info {
+    /// Segment name.
+    pub name: String,
+    /// Bytes mapped.
+    pub segment_bytes: u64,
+    /// Layout version.
+    pub layout_version: u32,
+    /// Shards.
+    pub shards: u32,
+    /// Entry capacity (all shards).
+    pub max_entries: u64,
+    /// Key+value arena capacity in bytes (all shards).
+    pub capacity_bytes: u64,
+    /// Chunk size.
+    pub chunk_size: u32,
+    /// Longest key.
+    pub max_key_len: u32,
+    /// Longest value.
+    pub max_value_len: u32,
+    /// Default TTL.
+    pub default_ttl: Option<Duration>,
+    /// Creation time, ns since the Unix epoch.
+    pub created_unix_ns: u64,
+    /// Creator's pid.
+    pub creator_pid: u32,
+    /// Metadata bytes per entry slot (record + index share).
+    pub metadata_bytes_per_entry: f64,
+}
+
+/// A handle on a shared cache. Cheap to share between threads (`Send + Sync`); each
+/// process, forked or launched separately, opens its own by name.
+///
+/// Dropping a handle detaches: the segment stays until [`Cache::unlink`].
+///
+/// ```no_run
+/// use shmemcache::Cache;
+/// use std::time::Duration;
+///
+/// let cache = Cache::open("demo")?;
+/// cache.set(b"greeting", b"hello")?;
+/// cache.set_ttl(b"session:42", b"alice", Some(Duration::from_secs(60)))?;
+/// assert_eq!(cache.get(b"greeting")?.as_deref(), Some(&b"hello"[..]));
+/// # Ok::<(), shmemcache::Error>(())
+/// ```
+pub struct Cache {
+    seg: Segment,
+    geom: Geometry,
+    lock_timeout: Duration,
+    adopted: Vec<String>,
+    fork_generation: u64,
+}
+
+/// Entries examined per lock hold by scans (keys, flush_expired).
+const SCAN_BATCH: u32 = 256;
+
+impl Cache {
+    fn from_segment(seg: Segment, lock_timeout: Duration, adopted: Vec<String>) -> Cache {
+        let geom = *seg.geometry();
+        Cache {
+            seg,
+            geom,
+            lock_timeout,
+            adopted,
+            fork_generation: fork::generation(),
+        }
+    }
+
+    /// Joins `name`, creating it with default [`Options`] if missing.
+    pub fn open(name: &str) -> Result<Cache> {
+        Options::new().open(name)
+    }
+
+    /// Joins an existing `name` with default per-handle settings.
+    pub fn open_existing(name: &str) -> Result<Cache> {
+        Options::new().open_existing(name)
+    }
+
+    /// Removes the segment's name. Attached processes keep working on their mapping; the
+    /// memory is freed when the last one detaches.
+    pub fn unlink(name: &str) -> Result<()> {
+        validate_name(name)?;
+        Segment::unlink(name)
+    }
+
+    /// The segment name.
+    pub fn name(&self) -> &str {
+        self.seg.name()
+    }
+
+    /// True if this handle created the segment.
+    pub fn created(&self) -> bool {
+        self.seg.created()
+    }
+
+    /// Where the joined segment's geometry differs from what this handle's options asked
+    /// for (empty if it created the segment or everything matched).
+    pub fn adopted(&self) -> &[String] {
+        &self.adopted
+    }
+
+    /// True when this handle was opened before a `fork()` and is now used in the child.
+    pub fn is_inherited(&self) -> bool {
+        fork::generation() != self.fork_generation
+    }
+
+    /// Geometry and identity of the segment.
+    pub fn info(&self) -> Info {
+        let g = &self.geom;
+        let h = self.seg.header();
+        Info {
+            name: self.name().to_string(),
+            segment_bytes: g.total_size as u64,
+            layout_version: h.layout_version,
+            shards: g.shard_count,
+            max_entries: g.entries_per_shard as u64 * g.shard_count as u64,
+            capacity_bytes: g.arena_bytes() * g.shard_count as u64,
+            chunk_size: g.chunk_size,
+            max_key_len: g.max_key_len,
+            max_value_len: g.max_value_len,
+            default_ttl: (g.default_ttl_ns != 0).then(|| Duration::from_nanos(g.default_ttl_ns)),
+            created_unix_ns: h.created_unix_ns,
+            creator_pid: h.creator_pid,
+            metadata_bytes_per_entry: g.metadata_bytes_per_entry(),
+        }
+    }
+
+    // ----- locking ------------------------------------------------------------------------
+
+    /// Runs `op` on shard `shard` under its lock. Repairs first if the previous holder died
+    /// or left the shard dirty; repairs and retries once if `op` finds damage.
+    fn with_shard<R>(
+        &self,
+        shard: usize,
+        mut op: impl FnMut(&mut ShardView) -> Result<R, TableError>,
+    ) -> Result<R> {
+        let mut guard = self
+            .seg
+            .lock_shard(shard, self.lock_timeout)
+            .map_err(|e| self.lock_error(shard, e))?;
+        let died = guard.owner_died();
+        let region = guard.region();
+        let mut view = ShardView::new(region, &self.geom).map_err(|e| self.corrupted(e))?;
+        if died || view.meta.dirty != 0 {
+            Self::recover(&mut view);
+        }
+        view.meta.dirty = 1;
+        fault::hit(FaultPoint::LockHeld);
+        let mut result = op(&mut view);
+        if matches!(result, Err(TableError::Corrupt(_))) {
+            Self::recover(&mut view);
+            view.meta.dirty = 1;
+            result = op(&mut view);
+            if matches!(result, Err(TableError::Corrupt(_))) {
+                Self::recover(&mut view);
+            }
+        }
+        view.meta.dirty = 0;
+        result.map_err(|e| self.corrupted(e))
+    }
+
+    fn recover(view: &mut ShardView) {
+        view.meta.dirty = 1;
+        view.repair();
+        view.meta.recoveries += 1;
+        view.meta.dirty = 0;
+    }
+
+    fn lock_error(&self, shard: usize, e: LockError) -> Error {
+        match e {
+            LockError::Timeout => Error::LockTimeout {
+                shard,
+                waited: self.lock_timeout,
+            },
+            LockError::NotRecoverable => Error::Corrupted {
+                name: self.name().to_string(),
+                reason: format!("the lock of shard {shard} is not recoverable"),
+            },
+            LockError::Os(source) => Error::Os {
+                op: "pthread_mutex_timedlock",
+                name: self.name().to_string(),
+                source,
+            },
+        }
+    }
+
+    fn corrupted(&self, e: TableError) -> Error {
+        Error::Corrupted {
+            name: self.name().to_string(),
+            reason: match e {
+                TableError::Corrupt(what) => format!("{what} (the shard was repaired)"),
+                TableError::NoRoom => "an entry within the limits did not fit".to_string(),
+            },
+        }
+    }
+
+    #[inline]
+    fn locate(&self, key: &[u8]) -> Result<(usize, u32)> {
+        if key.len() > self.geom.max_key_len as usize {
+            return Err(Error::KeyTooLarge {
+                len: key.len(),
+                max: self.geom.max_key_len as usize,
+            });
+        }
+        let h = key_hash(self.geom.hash_seed, key);
+        Ok((self.geom.shard_of(h), h as u32))
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<()> {
+        if value.len() > self.geom.max_value_len as usize {
+            return Err(Error::ValueTooLarge {
+                len: value.len(),
+                max: self.geom.max_value_len as usize,
+            });
+        }
+        Ok(())
+    }
+
+    /// Deadline for a TTL; `None` = never. Reads the clock only when needed.
+    fn deadline(&self, ttl: Option<Duration>) -> Result<u64> {
+        match ttl {
+            None => Ok(0),
+            Some(d) => Ok(monotonic_ns().saturating_add(ttl_ns(d)?)),
+        }
+    }
+
+    fn default_deadline(&self) -> u64 {
+        match self.geom.default_ttl_ns {
+            0 => 0,
+            t => monotonic_ns().saturating_add(t),
+        }
+    }
+
+    // ----- reads --------------------------------------------------------------------------
+
+    /// The value of `key`, copied out; makes it most recently used.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let (shard, h) = self.locate(key)?;
+        self.with_shard(shard, |v| {
+            let mut now = Now::lazy(monotonic_ns);
+            match v.lookup(key, h, &mut now)? {
+                Some(r) => {
+                    let mut out = Vec::new();
+                    v.read_value(r, &mut out)?;
+                    Ok(Some(out))
+                }
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Copies the value of `key` into `buf` without allocating; returns its length.
+    /// A value longer than `buf` gives `Error::BufferTooSmall` (with the length needed).
+    pub fn get_into(&self, key: &[u8], buf: &mut [u8]) -> Result<Option<usize>> {
+        let (shard, h) = self.locate(key)?;
+        let res = self.with_shard(shard, |v| {
+            let mut now = Now::lazy(monotonic_ns);
+            match v.lookup(key, h, &mut now)? {
+                Some(r) => {
+                    let len = v.value_len(r)?;
+                    if len <= buf.len() {
+                        v.copy_value(r, buf)?;
+                    }
+                    Ok(Some(len))
+                }
+                None => Ok(None),
+            }
+        })?;
+        match res {
+            Some(len) if len > buf.len() => Err(Error::BufferTooSmall {
+                needed: len,
+                len: buf.len(),
+            }),
+            other => Ok(other),
+        }
+    }
+
+    /// True if `key` is present and unexpired. Does not change recency or hit counters.
+    pub fn contains(&self, key: &[u8]) -> Result<bool> {
+        let (shard, h) = self.locate(key)?;
+        self.with_shard(shard, |v| v.contains(key, h, &mut Now::lazy(monotonic_ns)))
+    }
+
+    /// Remaining lifetime of `key`, or `None` if absent.
+    pub fn ttl(&self, key: &[u8]) -> Result<Option<Expiry>> {
+        let (shard, h) = self.locate(key)?;
+        let mut now = 0;
+        let at = self.with_shard(shard, |v| {
+            let mut n = Now::lazy(monotonic_ns);
+            let at = v.deadline(key, h, &mut n)?;
+            now = n.get();
+            Ok(at)
+        })?;
+        Ok(at.map(|at| match at {
+            0 => Expiry::Never,
+            at => Expiry::In(Duration::from_nanos(at.saturating_sub(now))),
+        }))
+    }
+
+    // ----- writes -------------------------------------------------------------------------
+
+    fn store(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        deadline: u64,
+        mode: StoreMode,
+    ) -> Result<Stored> {
+        let (shard, h) = self.locate(key)?;
+        self.check_value(value)?;
+        self.with_shard(shard, |v| {
+            v.store(
+                key,
+                h,
+                value,
+                Deadline::At(deadline),
+                mode,
+                &mut Now::lazy(monotonic_ns),
+            )
+        })
+    }
+
+    fn written(s: Stored) -> Option<SetOutcome> {
+        match s {
+            Stored::Written { evicted } => Some(SetOutcome { evicted }),
+            _ => None,
+        }
+    }
+
+    /// Stores `key` → `value` with the default TTL, replacing any old value (and its
+    /// deadline). Evicts least recently used entries if needed; a value within the limits
+    /// always fits. On error the old value is untouched.
+    pub fn set(&self, key: &[u8], value: &[u8]) -> Result<SetOutcome> {
+        self.set_ttl(key, value, self.default_ttl())
+    }
+
+    /// Stores with an explicit TTL (`None`: never expires; zero is an error).
+    pub fn set_ttl(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<SetOutcome> {
+        let d = self.deadline(ttl)?;
+        let s = self.store(key, value, d, StoreMode::Set)?;
+        Ok(Self::written(s).expect("set always writes"))
+    }
+
+    /// Stores only if `key` is absent (atomically); true if stored. Default TTL.
+    pub fn add(&self, key: &[u8], value: &[u8]) -> Result<bool> {
+        self.add_ttl(key, value, self.default_ttl())
+    }
+
+    /// [`Cache::add`] with an explicit TTL.
+    pub fn add_ttl(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<bool> {
+        let d = self.deadline(ttl)?;
+        Ok(Self::written(self.store(key, value, d, StoreMode::Add)?).is_some())
+    }
+
+    /// Stores only if `key` is present; true if stored. Default TTL.
+    pub fn replace(&self, key: &[u8], value: &[u8]) -> Result<bool> {
+        self.replace_ttl(key, value, self.default_ttl())
+    }
+
+    /// [`Cache::replace`] with an explicit TTL.
+    pub fn replace_ttl(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<bool> {
+        let d = self.deadline(ttl)?;
+        Ok(Self::written(self.store(key, value, d, StoreMode::Replace)?).is_some())
+    }
+
+    /// The default TTL of the segment.
+    pub fn default_ttl(&self) -> Option<Duration> {
+        (self.geom.default_ttl_ns != 0).then(|| Duration::from_nanos(self.geom.default_ttl_ns))
+    }
+
+    /// Removes `key` and returns its value.
+    pub fn take(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let (shard, h) = self.locate(key)?;
+        self.with_shard(shard, |v| {
+            let mut out = Vec::new();
+            Ok(v.take(key, h, &mut Now::lazy(monotonic_ns), &mut out)?
+                .then_some(out))
+        })
+    }
+
+    /// Removes `key`; true if it was present.
+    pub fn delete(&self, key: &[u8]) -> Result<bool> {
+        let (shard, h) = self.locate(key)?;
+        self.with_shard(shard, |v| v.remove(key, h, &mut Now::lazy(monotonic_ns)))
+    }
+
+    /// Changes the TTL of `key` (`None`: never expires); false if absent.
+    pub fn expire(&self, key: &[u8], ttl: Option<Duration>) -> Result<bool> {
+        let (shard, h) = self.locate(key)?;
+        let at = self.deadline(ttl)?;
+        self.with_shard(shard, |v| {
+            v.set_deadline(key, h, at, &mut Now::lazy(monotonic_ns))
+        })
+    }
+
+    /// Atomically adds `delta` to the decimal integer at `key` and returns the result. A
+    /// missing key counts as 0 and gets the default TTL; an existing key keeps its deadline.
+    pub fn incr(&self, key: &[u8], delta: i64) -> Result<i64> {
+        let (shard, h) = self.locate(key)?;
+        let d = self.default_deadline();
+        match self.with_shard(shard, |v| {
+            v.incr(key, h, delta, d, &mut Now::lazy(monotonic_ns))
+        })? {
+            Incr::Value(n) => Ok(n),
+            Incr::NotInteger => Err(Error::NotAnInteger),
+            Incr::Overflow => Err(Error::Overflow),
+        }
+    }
+
+    /// `incr(key, -delta)`.
+    pub fn decr(&self, key: &[u8], delta: i64) -> Result<i64> {
+        self.incr(key, delta.checked_neg().ok_or(Error::Overflow)?)
+    }
+
+    // ----- whole-cache operations ---------------------------------------------------------
+
+    /// Removes every entry; returns how many there were.
+    pub fn clear(&self) -> Result<u64> {
+        let mut n = 0;
+        for s in 0..self.geom.shard_count as usize {
+            n += self.with_shard(s, |v| Ok(v.clear()))? as u64;
+        }
+        Ok(n)
+    }
+
+    /// Entries held (expired ones not yet reclaimed included; see `flush_expired`).
+    pub fn len(&self) -> Result<u64> {
+        Ok(self.stats()?.total.entries)
+    }
+
+    /// True when no entries are held.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Counters per shard and in total.
+    pub fn stats(&self) -> Result<Stats> {
+        let mut st = Stats::default();
+        for s in 0..self.geom.shard_count as usize {
+            let m = self.with_shard(s, |v| Ok(*v.meta))?;
+            let one = ShardStats::from_meta(&m, &self.geom);
+            st.total.add(&one);
+            st.shards.push(one);
+        }
+        Ok(st)
+    }
+
+    /// Reclaims every expired entry, holding each shard's lock for at most a few hundred
+    /// records at a time; returns how many were reclaimed.
+    pub fn flush_expired(&self) -> Result<u64> {
+        let mut n = 0;
+        for s in 0..self.geom.shard_count as usize {
+            let mut at = Some(0);
+            while let Some(start) = at {
+                let (k, next) = self.with_shard(s, |v| {
+                    v.flush_expired_from(start, SCAN_BATCH, &mut Now::lazy(monotonic_ns))
+                })?;
+                n += k as u64;
+                at = next;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Iterates over live keys, a bounded batch per lock hold. Weakly consistent: keys
+    /// added or removed meanwhile may or may not appear.
+    pub fn keys(&self) -> Keys<'_> {
+        Keys {
+            cache: self,
+            shard: 0,
+            cursor: Some(0),
+            buf: VecDeque::new(),
+        }
+    }
+
+    /// Validates every invariant of every shard and reports what is wrong. Read-only in
+    /// effect (it takes each lock briefly); a shard found damaged is left for `repair` or
+    /// the next operation, which repairs it.
+    pub fn check(&self) -> Result<CheckReport> {
+        let mut report = CheckReport::default();
+        for s in 0..self.geom.shard_count as usize {
+            let mut guard = self
+                .seg
+                .lock_shard(s, self.lock_timeout)
+                .map_err(|e| self.lock_error(s, e))?;
+            let died = guard.owner_died();
+            let region = guard.region();
+            match ShardView::new(region, &self.geom) {
+                Ok(mut v) => {
+                    if died {
+                        report
+                            .problems
+                            .push((s, "a lock holder died inside the shard".to_string()));
+                        v.meta.dirty = 1; // the next operation repairs
+                    } else if let Err(e) = v.validate() {
+                        report.problems.push((s, e));
+                    }
+                }
+                Err(e) => report.problems.push((s, format!("{e:?}"))),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Repairs every shard now (rebuilding indexes and lists from the entry records).
+    pub fn repair(&self) -> Result<RepairSummary> {
+        let mut sum = RepairSummary::default();
+        for s in 0..self.geom.shard_count as usize {
+            let rep = self.with_shard(s, |v| {
+                v.meta.dirty = 1;
+                let r = v.repair();
+                v.meta.recoveries += 1;
+                Ok(r)
+            })?;
+            sum.kept += rep.kept as u64;
+            sum.dropped += rep.dropped as u64;
+            sum.cleared_shards += rep.cleared as u32;
+        }
+        Ok(sum)
+    }
+}
+
+/// Iterator over keys; see [`Cache::keys`].
+pub struct Keys<'a> {
+    cache: &'a Cache,
+    shard: usize,
+    cursor: Option<u32>,
+    buf: VecDeque<Vec<u8>>,
+}
+
+impl Iterator for Keys<'_> {
+    type Item = Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(k) = self.buf.pop_front() {
+                return Some(Ok(k));
+            }
+            if self.shard >= self.cache.geom.shard_count as usize {
+                return None;
+            }
+            let Some(start) = self.cursor else {
+                self.shard += 1;
+                self.cursor = Some(0);
+                continue;
+            };
+            let mut out = Vec::new();
+            let res = self.cache.with_shard(self.shard, |v| {
+                out.clear();
+                v.keys_from(
+                    start,
+                    SCAN_BATCH as usize,
+                    &mut Now::lazy(monotonic_ns),
+                    &mut out,
+                )
+            });
+            match res {
+                Ok(next) => {
+                    self.cursor = next;
+                    self.buf.extend(out);
+                }
+                Err(e) => {
+                    self.shard = usize::MAX;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,431 @@
+//! The named segment: `shm_open`, sizing with `posix_fallocate`, mapping with `memmap2`,
+//! the create/join protocol, and raw access to the shard locks and regions.
+//!
+//! Create/join protocol (DESIGN.md draws it): whoever opens the name takes an exclusive
+//! `flock` on it before looking inside. A segment whose header says ready is validated and
+//! joined; one that is empty (or holds a header a creator never finished) is formatted by
+//! the lock holder if it may create, so a creator that died mid-initialization never leaves
+//! a name unusable. `flock` is released as soon as the header is checked: it guards only
+//! initialization, never cache operations.
+
+use crate::error::{Error, Result};
+use crate::layout::{Geometry, Header, LAYOUT_VERSION, MAGIC, READY};
+use crate::sys::robust;
+use crate::table::ShardView;
+use memmap2::{MmapOptions, MmapRaw};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg, OFlag};
+use nix::sys::stat::{fchmod, fstat, Mode};
+use std::fs::File;
+use std::mem::size_of;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// How to treat an existing or missing name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Join it if it exists, create it otherwise.
+    OpenOrCreate,
+    /// Create it; fail with `AlreadyExists` if it exists.
+    CreateNew,
+    /// Join it; fail with `NotFound` if it does not exist.
+    OpenExisting,
+}
+
+/// Everything [`Segment::open`] needs.
+#[derive(Clone, Debug)]
+pub struct OpenParams {
+    /// Create or join.
+    pub mode: OpenMode,
+    /// Geometry to create with (ignored when joining).
+    pub geometry: Geometry,
+    /// File mode for a new segment.
+    pub perm: u32,
+    /// Join segments owned by another user.
+    pub allow_foreign_owner: bool,
+    /// How long to wait for a creator to finish initializing.
+    pub init_timeout: Duration,
+}
+
+/// A mapped segment. Dropping it unmaps this process's view only: it never unlinks, so a
+/// forked child or any other process exiting leaves the cache in place.
+pub struct Segment {
+    map: MmapRaw,
+    geom: Geometry,
+    header: Header,
+    created: bool,
+    name: String,
+}
+
+// SAFETY: the mapping is shared memory accessed only through atomics (the ready flag),
+// process-shared mutexes, and slices handed out while such a mutex is held.
+unsafe impl Send for Segment {}
+// SAFETY: as above; `&Segment` exposes no unsynchronized mutation.
+unsafe impl Sync for Segment {}
+
+fn os(op: &'static str, name: &str, e: Errno) -> Error {
+    match e {
+        Errno::EACCES | Errno::EPERM => Error::PermissionDenied {
+            name: name.to_string(),
+            reason: format!("{op}: {e}"),
+        },
+        _ => Error::Os {
+            op,
+            name: name.to_string(),
+            source: std::io::Error::from_raw_os_error(e as i32),
+        },
+    }
+}
+
+fn shm_path(name: &str) -> String {
+    format!("/{name}")
+}
+
+impl Segment {
+    /// Opens, creates or joins the segment `name` (already validated).
+    pub fn open(name: &str, p: &OpenParams) -> Result<Segment> {
+        let started = Instant::now();
+        loop {
+            let (file, created_now) = Self::open_file(name, p)?;
+            if let Some(seg) = Self::init_or_join(name, p, file, created_now, started)? {
+                return Ok(seg);
+            }
+            if started.elapsed() > p.init_timeout {
+                return Err(Error::Corrupted {
+                    name: name.to_string(),
+                    reason: "the segment was never initialized (its creator died?); unlink it"
+                        .to_string(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn open_file(name: &str, p: &OpenParams) -> Result<(File, bool)> {
+        let path = shm_path(name);
+        let mode = Mode::from_bits_truncate(p.perm as libc::mode_t);
+        let excl = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR;
+        loop {
+            if p.mode != OpenMode::OpenExisting {
+                match nix::sys::mman::shm_open(path.as_str(), excl, mode) {
+                    Ok(fd) => {
+                        let file = File::from(fd);
+                        // shm_open applies the umask; the requested mode is what we promise.
+                        fchmod(file.as_raw_fd(), mode).map_err(|e| os("fchmod", name, e))?;
+                        return Ok((file, true));
+                    }
+                    Err(Errno::EEXIST) if p.mode == OpenMode::OpenOrCreate => {}
+                    Err(Errno::EEXIST) => {
+                        return Err(Error::AlreadyExists {
+                            name: name.to_string(),
+                        })
+                    }
+                    Err(e) => return Err(os("shm_open", name, e)),
+                }
+            }
+            match nix::sys::mman::shm_open(path.as_str(), OFlag::O_RDWR, Mode::empty()) {
+                Ok(fd) => return Ok((File::from(fd), false)),
+                // Unlinked between our two calls: try creating again.
+                Err(Errno::ENOENT) if p.mode == OpenMode::OpenOrCreate => continue,
+                Err(Errno::ENOENT) => {
+                    return Err(Error::NotFound {
+                        name: name.to_string(),
+                    })
+                }
+                Err(e) => return Err(os("shm_open", name, e)),
+            }
+        }
+    }
+
+    /// With the init lock held: join a ready segment, or format an uninitialized one if we
+    /// may create. `Ok(None)` means "not ready yet, retry".
+    fn init_or_join(
+        name: &str,
+        p: &OpenParams,
+        file: File,
+        created_now: bool,
+        started: Instant,
+    ) -> Result<Option<Segment>> {
+        let st = fstat(file.as_raw_fd()).map_err(|e| os("fstat", name, e))?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if !created_now && st.st_uid != me && !p.allow_foreign_owner {
+            return Err(Error::PermissionDenied {
+                name: name.to_string(),
+                reason: format!(
+                    "owned by uid {} (mode {:o}), not by this user (uid {me}); allow foreign owners to join it",
+                    st.st_uid,
+                    st.st_mode & 0o777
+                ),
+            });
+        }
+        let locked = Self::flock_until(name, file, started + p.init_timeout)?;
+        let st = fstat(locked.as_raw_fd()).map_err(|e| os("fstat", name, e))?;
+        let size = st.st_size.max(0) as u64;
+        let mut raw = [0u8; size_of::<Header>()];
+        let header = if size >= raw.len() as u64 {
+            locked
+                .read_exact_at(&mut raw, 0)
+                .map_err(|e| Error::Os {
+                    op: "read header",
+                    name: name.to_string(),
+                    source: e,
+                })?;
+            Some(bytemuck::pod_read_unaligned::<Header>(&raw))
+        } else {
+            None
+        };
+        let blank = header.is_none() || raw.iter().all(|&b| b == 0);
+        if let Some(h) = header.filter(|_| !blank) {
+            if h.magic != MAGIC {
+                return Err(Error::Incompatible {
+                    name: name.to_string(),
+                    reason: "not a shmemcache segment (bad magic)".to_string(),
+                });
+            }
+            if h.ready == READY {
+                return Self::join(name, &locked, h, size).map(Some);
+            }
+        }
+        // Uninitialized: empty, or a creator died before marking it ready.
+        if p.mode == OpenMode::OpenExisting {
+            return Ok(None);
+        }
+        Self::format(name, &locked, &p.geometry).map(Some)
+    }
+
+    fn flock_until(name: &str, file: File, deadline: Instant) -> Result<Flock<File>> {
+        let mut file = file;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(l) => return Ok(l),
+                Err((f, Errno::EWOULDBLOCK)) | Err((f, Errno::EINTR)) => {
+                    if Instant::now() > deadline {
+                        return Err(Error::Corrupted {
+                            name: name.to_string(),
+                            reason: "timed out waiting for its creator to finish initializing it"
+                                .to_string(),
+                        });
+                    }
+                    file = f;
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                Err((_, e)) => return Err(os("flock", name, e)),
+            }
+        }
+    }
+
+    fn join(name: &str, file: &File, h: Header, size: u64) -> Result<Segment> {
+        let incompatible = |reason: String| Error::Incompatible {
+            name: name.to_string(),
+            reason,
+        };
+        if h.layout_version != LAYOUT_VERSION {
+            return Err(incompatible(format!(
+                "layout version {} (this build reads version {LAYOUT_VERSION})",
+                h.layout_version
+            )));
+        }
+        if h.abi_tag != crate::layout::abi_tag() {
+            return Err(incompatible(
+                "created by a build with another ABI (mutex size, pointer width, byte order or architecture)"
+                    .to_string(),
+            ));
+        }
+        let geom = Geometry::from_header(&h).map_err(|reason| Error::Corrupted {
+            name: name.to_string(),
+            reason: format!("bad header: {reason}"),
+        })?;
+        if size < geom.total_size as u64 {
+            return Err(Error::Corrupted {
+                name: name.to_string(),
+                reason: format!(
+                    "truncated: the file has {size} bytes, its header needs {}",
+                    geom.total_size
+                ),
+            });
+        }
+        let map = Self::map(name, file, geom.total_size)?;
+        Ok(Segment {
+            map,
+            geom,
+            header: h,
+            created: false,
+            name: name.to_string(),
+        })
+    }
+
+    fn format(name: &str, file: &File, geom: &Geometry) -> Result<Segment> {
+        let len = geom.total_size as i64;
+        // Zero any leftovers of a failed creator, then reserve every page now: a plain
+        // ftruncate would let a full /dev/shm surface later as SIGBUS on first touch.
+        file.set_len(0).map_err(|e| Error::Os {
+            op: "ftruncate",
+            name: name.to_string(),
+            source: e,
+        })?;
+        match nix::fcntl::posix_fallocate(file.as_raw_fd(), 0, len) {
+            Ok(()) => {}
+            Err(e) => {
+                let _ = nix::sys::mman::shm_unlink(shm_path(name).as_str());
+                return Err(match e {
+                    Errno::ENOSPC | Errno::EFBIG | Errno::ENOMEM => Error::NoSpace {
+                        name: name.to_string(),
+                        needed: geom.total_size as u64,
+                    },
+                    e => os("posix_fallocate", name, e),
+                });
+            }
+        }
+        let map = Self::map(name, file, geom.total_size)?;
+        let header = geom.to_header(crate::clock::unix_ns(), std::process::id());
+        let seg = Segment {
+            map,
+            geom: *geom,
+            header,
+            created: true,
+            name: name.to_string(),
+        };
+        let base = seg.map.as_mut_ptr();
+        let mut h = header;
+        h.ready = 0;
+        // SAFETY: the mapping is `total_size` >= size_of::<Header>() bytes, page aligned,
+        // and nobody else reads it before `ready` is set (they wait on our flock).
+        unsafe { std::ptr::write(base.cast::<Header>(), h) };
+        for i in 0..geom.shard_count as usize {
+            let lock = seg.lock_ptr(i);
+            // SAFETY: `lock_ptr` is in bounds and 64-byte aligned; the segment is not yet
+            // visible to other processes.
+            unsafe { robust::init(lock) }.map_err(|e| Error::Os {
+                op: "pthread_mutex_init",
+                name: name.to_string(),
+                source: e,
+            })?;
+            // SAFETY: as above: region `i` is in bounds and not yet shared.
+            let region = unsafe { seg.region_slice(i) };
+            ShardView::new(region, geom)
+                .map_err(|e| Error::Corrupted {
+                    name: name.to_string(),
+                    reason: format!("{e:?}"),
+                })?
+                .format();
+        }
+        seg.ready_flag().store(READY, Ordering::Release);
+        Ok(seg)
+    }
+
+    fn map(name: &str, file: &File, len: usize) -> Result<MmapRaw> {
+        MmapOptions::new()
+            .len(len)
+            .map_raw(file)
+            .map_err(|e| Error::Os {
+                op: "mmap",
+                name: name.to_string(),
+                source: e,
+            })
+    }
+
+    /// Removes the name; processes that have it mapped keep using their mapping.
+    pub fn unlink(name: &str) -> Result<()> {
+        match nix::sys::mman::shm_unlink(shm_path(name).as_str()) {
+            Ok(()) => Ok(()),
+            Err(Errno::ENOENT) => Err(Error::NotFound {
+                name: name.to_string(),
+            }),
+            Err(e) => Err(os("shm_unlink", name, e)),
+        }
+    }
+
+    /// The geometry adopted from the header.
+    pub fn geometry(&self) -> &Geometry {
+        &self.geom
+    }
+
+    /// The header as validated at open.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Whether this handle formatted the segment.
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    /// The segment name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn ready_flag(&self) -> &AtomicU32 {
+        let p = self
+            .map
+            .as_mut_ptr()
+            .wrapping_add(std::mem::offset_of!(Header, ready));
+        // SAFETY: offset 16 is within the mapping (>= 256 bytes), 4-byte aligned (the mapping
+        // is page aligned), and lives as long as `self`; only atomic accesses are made to it.
+        unsafe { AtomicU32::from_ptr(p.cast::<u32>()) }
+    }
+
+    fn lock_ptr(&self, shard: usize) -> *mut libc::pthread_mutex_t {
+        assert!(shard < self.geom.shard_count as usize, "shard index out of range");
+        self.map
+            .as_mut_ptr()
+            .wrapping_add(self.geom.shard_offset(shard))
+            .cast()
+    }
+
+    /// # Safety
+    /// The caller must hold shard `shard`'s lock (or be formatting an unpublished segment)
+    /// and must not create a second slice for the same shard while this one lives.
+    unsafe fn region_slice(&self, shard: usize) -> &mut [u8] {
+        let off = self.geom.shard_offset(shard) + self.geom.shard.region_offset;
+        debug_assert!(off + self.geom.shard.region_len <= self.map.len());
+        // SAFETY: `Geometry::from_header` proved `total_size` covers every shard and the
+        // mapping is exactly `total_size` bytes; exclusivity is the caller's contract.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.map.as_mut_ptr().add(off),
+                self.geom.shard.region_len,
+            )
+        }
+    }
+
+    /// Locks shard `shard` for at most `timeout`.
+    pub fn lock_shard(
+        &self,
+        shard: usize,
+        timeout: Duration,
+    ) -> std::result::Result<ShardGuard<'_>, robust::LockError> {
+        // SAFETY: `lock_ptr` points at a mutex initialized by the creator (the segment was
+        // ready when joined) and stays mapped while `self` is borrowed.
+        let held = unsafe { robust::lock(self.lock_ptr(shard), timeout) }?;
+        Ok(ShardGuard {
+            held,
+            seg: self,
+            shard,
+        })
+    }
+}
+
+/// Exclusive access to one shard's guarded bytes for as long as it lives.
+pub struct ShardGuard<'a> {
+    held: robust::Held<'a>,
+    seg: &'a Segment,
+    shard: usize,
+}
+
+impl ShardGuard<'_> {
+    /// Whether the previous holder died holding the lock.
+    pub fn owner_died(&self) -> bool {
+        self.held.acquired() == robust::Acquired::OwnerDied
+    }
+
+    /// The shard's guarded region.
+    pub fn region(&mut self) -> &mut [u8] {
+        // SAFETY: this guard holds the shard's lock, and the `&mut self` borrow makes the
+        // slice unique for its lifetime.
+        unsafe { self.seg.region_slice(self.shard) }
+    }
+}
