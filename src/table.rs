@@ -737,6 +737,7 @@ impl<'a> ShardView<'a> {
                     self.write_at(first, key.len(), value)?;
                     self.rec_mut(r)?.state = REC_WRITING;
                     self.rec_mut(r)?.first_chunk = first;
+                    crate::fault::hit(crate::fault::FaultPoint::StoreMidWrite);
                     self.free_chain(old.first_chunk, old_need)?;
                 }
                 let x = self.rec_mut(r)?;
