@@ -1,1 +1,253 @@
-fn main(){}
+//! Multi-process throughput on the default demo segment, with the floor measured in the
+//! same run.
+//!
+//! Forks N worker processes that hammer one cache by name (10,000 keys, 100-byte values,
+//! uniform keys) with three mixes (all gets, 90% gets / 10% sets, all sets), then runs the
+//! same workload against the floor: robust mutexes around a lookup and a memcpy with no
+//! cache logic. Prints ops/s, p50/p99 latency and the ratio to the floor.
+//!
+//! ```text
+//! cargo run --release --example throughput -- [--procs 2] [--secs 2] [--keys 10000]
+//!                                              [--value 100] [--shards 16]
+//! ```
+
+use nix::sys::wait::waitpid;
+use nix::unistd::{fork, ForkResult};
+use shmemcache::{Cache, Floor, Options};
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+const SEGMENT: &str = "shmemcache-demo";
+const SAMPLE_EVERY: u64 = 32;
+const MAX_SAMPLES: usize = 16_384;
+
+struct Args {
+    procs: usize,
+    secs: f64,
+    keys: usize,
+    value: usize,
+    shards: u32,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        procs: 2,
+        secs: 2.0,
+        keys: 10_000,
+        value: 100,
+        shards: 16,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let val = it.next().unwrap_or_default();
+        let bad = || -> ! {
+            eprintln!("bad value {val:?} for {flag}");
+            std::process::exit(2)
+        };
+        match flag.as_str() {
+            "--procs" => a.procs = val.parse().unwrap_or_else(|_| bad()),
+            "--secs" => a.secs = val.parse().unwrap_or_else(|_| bad()),
+            "--keys" => a.keys = val.parse().unwrap_or_else(|_| bad()),
+            "--value" => a.value = val.parse().unwrap_or_else(|_| bad()),
+            "--shards" => a.shards = val.parse().unwrap_or_else(|_| bad()),
+            _ => {
+                eprintln!("unknown flag {flag}; see the example's doc comment");
+                std::process::exit(2)
+            }
+        }
+    }
+    a
+}
+
+#[derive(Clone, Copy)]
+enum Mix {
+    Get,
+    Mixed9010,
+    Set,
+}
+
+impl Mix {
+    fn name(self) -> &'static str {
+        match self {
+            Mix::Get => "get",
+            Mix::Mixed9010 => "90/10",
+            Mix::Set => "set",
+        }
+    }
+    fn is_set(self, r: u64) -> bool {
+        match self {
+            Mix::Get => false,
+            Mix::Mixed9010 => r % 10 == 0,
+            Mix::Set => true,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Cache(&'a Cache),
+    Floor(&'a Floor),
+}
+
+struct Result {
+    ops_per_sec: f64,
+    p50_ns: u32,
+    p99_ns: u32,
+}
+
+fn keys(n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| format!("key:{i:08}:{}", "x".repeat(i % 17)).into_bytes())
+        .collect()
+}
+
+/// One worker's loop; returns (ops, latency samples in ns).
+fn work(t: Target, keys: &[Vec<u8>], value: &[u8], mix: Mix, secs: f64, seed: u64) -> (u64, Vec<u32>) {
+    let mut x = seed | 1;
+    let mut buf = vec![0u8; value.len()];
+    let mut samples = Vec::with_capacity(MAX_SAMPLES);
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let mut ops = 0u64;
+    loop {
+        for _ in 0..256 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let key = &keys[(x % keys.len() as u64) as usize];
+            let set = mix.is_set(x >> 32);
+            let timed = ops % SAMPLE_EVERY == 0;
+            let t0 = timed.then(Instant::now);
+            match (t, set) {
+                (Target::Cache(c), false) => {
+                    std::hint::black_box(c.get_into(key, &mut buf).expect("get"));
+                }
+                (Target::Cache(c), true) => {
+                    c.set(key, value).expect("set");
+                }
+                (Target::Floor(f), false) => {
+                    std::hint::black_box(f.get(key, &mut buf));
+                }
+                (Target::Floor(f), true) => {
+                    f.set(key, value);
+                }
+            }
+            if let Some(t0) = t0 {
+                if samples.len() < MAX_SAMPLES {
+                    samples.push(t0.elapsed().as_nanos().min(u32::MAX as u128) as u32);
+                }
+            }
+            ops += 1;
+        }
+        if Instant::now() >= deadline {
+            return (ops, samples);
+        }
+    }
+}
+
+/// Forks `procs` workers running `mix` on `t` at the same time; collects their results.
+fn run(t: Target, a: &Args, keys: &[Vec<u8>], value: &[u8], mix: Mix) -> Result {
+    let (go_r, go_w) = nix::unistd::pipe().expect("pipe");
+    let mut go_w = std::fs::File::from(go_w);
+    let mut go_r = std::fs::File::from(go_r);
+    let mut outs = Vec::new();
+    let mut pids = Vec::new();
+    for p in 0..a.procs {
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        // SAFETY: single-threaded program; the child only runs the benchmark loop and exits.
+        match unsafe { fork() }.expect("fork") {
+            ForkResult::Child => {
+                drop(r);
+                let mut w = std::fs::File::from(w);
+                let mut b = [0u8; 1];
+                go_r.read_exact(&mut b).expect("start signal");
+                let (ops, samples) = work(t, keys, value, mix, a.secs, 0x9E37_79B9 + p as u64);
+                let mut out = ops.to_le_bytes().to_vec();
+                for s in samples {
+                    out.extend_from_slice(&s.to_le_bytes());
+                }
+                w.write_all(&out).expect("report");
+                drop(w);
+                // SAFETY: leave without running the parent's destructors.
+                unsafe { libc::_exit(0) };
+            }
+            ForkResult::Parent { child } => {
+                drop(w);
+                outs.push(std::fs::File::from(r));
+                pids.push(child);
+            }
+        }
+    }
+    let started = Instant::now();
+    go_w.write_all(&vec![1u8; a.procs]).expect("start");
+    let mut total = 0u64;
+    let mut lat = Vec::new();
+    for mut o in outs {
+        let mut data = Vec::new();
+        o.read_to_end(&mut data).expect("read report");
+        total += u64::from_le_bytes(data[..8].try_into().expect("ops"));
+        lat.extend(data[8..].chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())));
+    }
+    let elapsed = started.elapsed().as_secs_f64().max(a.secs);
+    for p in pids {
+        waitpid(p, None).expect("waitpid");
+    }
+    lat.sort_unstable();
+    let pct = |q: f64| lat.get(((lat.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(0);
+    Result {
+        ops_per_sec: total as f64 / elapsed,
+        p50_ns: pct(0.50),
+        p99_ns: pct(0.99),
+    }
+}
+
+fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let a = args();
+    let keys = keys(a.keys);
+    let value = vec![0xA5u8; a.value];
+    let _ = Cache::unlink(SEGMENT);
+    let cache = Options::new().shards(a.shards).open(SEGMENT)?;
+    for k in &keys {
+        cache.set(k, &value)?;
+    }
+    let floor = Floor::new(a.shards as usize, &keys, a.value)?;
+    println!(
+        "shmemcache throughput: {} processes, {} keys, {} B values, {} shards, {} s per run, {} cores",
+        a.procs,
+        a.keys,
+        a.value,
+        a.shards,
+        a.secs,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "{:<6} {:>14} {:>9} {:>9}   {:>14} {:>9} {:>9}   {:>8}",
+        "mix", "shmemcache/s", "p50 ns", "p99 ns", "floor/s", "p50 ns", "p99 ns", "ratio"
+    );
+    for mix in [Mix::Get, Mix::Mixed9010, Mix::Set] {
+        let c = run(Target::Cache(&cache), &a, &keys, &value, mix);
+        let f = run(Target::Floor(&floor), &a, &keys, &value, mix);
+        println!(
+            "{:<6} {:>14.0} {:>9} {:>9}   {:>14.0} {:>9} {:>9}   {:>7.1}%",
+            mix.name(),
+            c.ops_per_sec,
+            c.p50_ns,
+            c.p99_ns,
+            f.ops_per_sec,
+            f.p50_ns,
+            f.p99_ns,
+            100.0 * c.ops_per_sec / f.ops_per_sec
+        );
+    }
+    let st = cache.stats()?.total;
+    println!(
+        "cache after the runs: {} entries, hit ratio {:.3}, {} evictions, {} recoveries; check: {}",
+        st.entries,
+        st.hit_ratio(),
+        st.evictions,
+        st.recoveries,
+        if cache.check()?.is_healthy() { "healthy" } else { "DAMAGED" }
+    );
+    drop(cache);
+    Cache::unlink(SEGMENT)?;
+    Ok(())
+}

@@ -174,7 +174,9 @@ impl Options {
     fn open_with(&self, name: &str, mode: OpenMode) -> Result<Cache> {
         validate_name(name)?;
         if self.lock_timeout.is_zero() {
-            return Err(Error::InvalidArgument("lock_timeout must be positive".into()));
+            return Err(Error::InvalidArgument(
+                "lock_timeout must be positive".into(),
+            ));
         }
         let geometry = self.geometry()?;
         let params = OpenParams {
@@ -238,7 +240,11 @@ fn differences(asked: &Geometry, got: &Geometry) -> Vec<String> {
         got.arena_bytes(),
     );
     cmp("chunk size", asked.chunk_size as u64, got.chunk_size as u64);
-    cmp("max key length", asked.max_key_len as u64, got.max_key_len as u64);
+    cmp(
+        "max key length",
+        asked.max_key_len as u64,
+        got.max_key_len as u64,
+    );
     cmp(
         "max value length",
         asked.max_value_len as u64,
@@ -684,13 +690,7 @@ impl Cache {
 
     // ----- writes -------------------------------------------------------------------------
 
-    fn store(
-        &self,
-        key: &[u8],
-        value: &[u8],
-        deadline: u64,
-        mode: StoreMode,
-    ) -> Result<Stored> {
+    fn store(&self, key: &[u8], value: &[u8], deadline: u64, mode: StoreMode) -> Result<Stored> {
         let (shard, h) = self.locate(key)?;
         self.check_value(value)?;
         self.with_shard(shard, |v| {

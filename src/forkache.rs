@@ -74,7 +74,6 @@ impl<K: Hash + Eq, V, S: BuildHasher> ForkClear for lru::LruCache<K, V, S> {
     }
 }
 
-
 /// A mutex-guarded in-process cache that is cleared on first use after `fork()`.
 pub struct ForkSafe<C> {
     generation: AtomicU64,

@@ -187,7 +187,11 @@ pub fn abi_tag() -> u32 {
         size_of::<libc::pthread_mutex_t>(),
         align_of::<libc::pthread_mutex_t>(),
         usize::BITS,
-        if cfg!(target_endian = "little") { "le" } else { "be" },
+        if cfg!(target_endian = "little") {
+            "le"
+        } else {
+            "be"
+        },
         std::env::consts::ARCH,
     );
     xxhash_rust::xxh3::xxh3_64(desc.as_bytes()) as u32
@@ -263,7 +267,9 @@ impl Geometry {
         hash_seed: u64,
     ) -> Result<Geometry, GeometryError> {
         if shard_count == 0 || shard_count > MAX_SHARDS {
-            return Err(format!("shard count {shard_count} is outside 1..={MAX_SHARDS}"));
+            return Err(format!(
+                "shard count {shard_count} is outside 1..={MAX_SHARDS}"
+            ));
         }
         if entries_per_shard == 0 || entries_per_shard > MAX_ENTRIES_PER_SHARD {
             return Err(format!(
@@ -281,7 +287,9 @@ impl Geometry {
             ));
         }
         if max_key_len == 0 || max_key_len > MAX_KEY_LEN {
-            return Err(format!("max key length {max_key_len} is outside 1..={MAX_KEY_LEN}"));
+            return Err(format!(
+                "max key length {max_key_len} is outside 1..={MAX_KEY_LEN}"
+            ));
         }
         let arena = chunks_per_shard as u64 * chunk_size as u64;
         // Bounding one entry to half a shard's arena is what makes every accepted set
@@ -458,7 +466,13 @@ mod tests {
         assert!(s.arena_off >= s.links_off + 4 * g.chunks_per_shard as usize);
         assert!(s.region_len >= s.arena_off + g.arena_bytes() as usize);
         assert!(s.stride >= LOCK_BLOCK + s.region_len);
-        for off in [s.index_off, s.records_off, s.links_off, s.arena_off, s.stride] {
+        for off in [
+            s.index_off,
+            s.records_off,
+            s.links_off,
+            s.arena_off,
+            s.stride,
+        ] {
             assert_eq!(off % SECTION_ALIGN, 0);
         }
         assert_eq!(g.total_size, g.shards_offset + 4 * s.stride);

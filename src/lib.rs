@@ -37,12 +37,13 @@ pub mod layout;
 pub mod model;
 mod name;
 mod sys;
+#[doc(hidden)]
+pub use sys::floor::Floor;
 pub mod table;
 mod typed;
 
 pub use cache::{
-    Cache, CheckReport, Expiry, Info, Keys, Options, RepairSummary, SetOutcome, ShardStats,
-    Stats,
+    Cache, CheckReport, Expiry, Info, Keys, Options, RepairSummary, SetOutcome, ShardStats, Stats,
 };
 pub use error::{Error, Result};
 pub use name::{validate_name, MAX_NAME_LEN};

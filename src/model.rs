@@ -290,10 +290,14 @@ pub fn run(ops: &[Op], flush_on_advance: bool) -> Result<(), String> {
             Op::Get(k) => {
                 let key = key_of(*k);
                 let h = key_hash(g.hash_seed, &key) as u32;
-                let got = match v.lookup(&key, h, &mut now).map_err(|e| ctx(format!("{e:?}")))? {
+                let got = match v
+                    .lookup(&key, h, &mut now)
+                    .map_err(|e| ctx(format!("{e:?}")))?
+                {
                     Some(r) => {
                         let mut out = Vec::new();
-                        v.read_value(r, &mut out).map_err(|e| ctx(format!("{e:?}")))?;
+                        v.read_value(r, &mut out)
+                            .map_err(|e| ctx(format!("{e:?}")))?;
                         Some(out)
                     }
                     None => None,
@@ -303,7 +307,9 @@ pub fn run(ops: &[Op], flush_on_advance: bool) -> Result<(), String> {
             Op::Remove(k) => {
                 let key = key_of(*k);
                 let h = key_hash(g.hash_seed, &key) as u32;
-                let got = v.remove(&key, h, &mut now).map_err(|e| ctx(format!("{e:?}")))?;
+                let got = v
+                    .remove(&key, h, &mut now)
+                    .map_err(|e| ctx(format!("{e:?}")))?;
                 let want = model.pos(&key).map(|i| model.entries.remove(i)).is_some();
                 if got != want && (exact || got) {
                     return Err(ctx(format!("remove: table {got}, model {want}")));
@@ -390,11 +396,14 @@ pub fn run(ops: &[Op], flush_on_advance: bool) -> Result<(), String> {
                 let before = v.meta.len;
                 let report = v.repair();
                 if report.kept != before || report.dropped != 0 || report.cleared {
-                    return Err(ctx(format!("repair of a sound shard changed it: {report:?}")));
+                    return Err(ctx(format!(
+                        "repair of a sound shard changed it: {report:?}"
+                    )));
                 }
             }
         }
-        v.validate().map_err(|e| ctx(format!("invariant broken: {e}")))?;
+        v.validate()
+            .map_err(|e| ctx(format!("invariant broken: {e}")))?;
         if exact && v.meta.len as usize != model.entries.len() {
             return Err(ctx(format!(
                 "len: table {}, model {}",

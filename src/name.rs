@@ -50,7 +50,18 @@ mod tests {
 
     #[test]
     fn refuses_traversal_slashes_and_odd_bytes() {
-        for n in ["", "/", "../x", "a/b", ".hidden", "..", "sp ace", "nul\0", "é", &"x".repeat(201)] {
+        for n in [
+            "",
+            "/",
+            "../x",
+            "a/b",
+            ".hidden",
+            "..",
+            "sp ace",
+            "nul\0",
+            "é",
+            &"x".repeat(201),
+        ] {
             assert!(validate_name(n).is_err(), "{n:?}");
         }
     }

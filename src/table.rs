@@ -16,8 +16,8 @@
 //!   from fragmentation.
 
 use crate::layout::{
-    Geometry, Record, ShardMeta, CHUNK_MARK, NIL, REC_FREE, REC_LIVE, REC_STATE_MASK,
-    REC_VISITED, REC_WRITING,
+    Geometry, Record, ShardMeta, CHUNK_MARK, NIL, REC_FREE, REC_LIVE, REC_STATE_MASK, REC_VISITED,
+    REC_WRITING,
 };
 use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
 
@@ -163,8 +163,9 @@ impl<'a> ShardView<'a> {
             &mut meta_b[..std::mem::size_of::<ShardMeta>()],
         )
         .map_err(cast_err)?;
-        let index = bytemuck::try_cast_slice_mut::<u8, u32>(&mut index_b[..4 * geom.index_slots as usize])
-            .map_err(cast_err)?;
+        let index =
+            bytemuck::try_cast_slice_mut::<u8, u32>(&mut index_b[..4 * geom.index_slots as usize])
+                .map_err(cast_err)?;
         let recs = bytemuck::try_cast_slice_mut::<u8, Record>(
             &mut recs_b[..std::mem::size_of::<Record>() * geom.entries_per_shard as usize],
         )
@@ -744,8 +745,8 @@ impl<'a> ShardView<'a> {
                 x.value_len = value.len() as u32;
                 x.expires_at = expires_at;
                 x.state = REC_LIVE;
-                self.meta.bytes_used = self.meta.bytes_used.saturating_sub(old.value_len as u64)
-                    + value.len() as u64;
+                self.meta.bytes_used =
+                    self.meta.bytes_used.saturating_sub(old.value_len as u64) + value.len() as u64;
                 self.touch(r)?;
             }
             None => {
@@ -1077,7 +1078,9 @@ impl<'a> ShardView<'a> {
             i = r.next;
         }
         if free + count != n {
-            return Err(format!("{free} free + {count} live records != capacity {n}"));
+            return Err(format!(
+                "{free} free + {count} live records != capacity {n}"
+            ));
         }
         // Index: exactly the live records, each findable by its own key from its home slot.
         let used = self.index.iter().filter(|&&v| v != 0).count() as u32;
@@ -1133,14 +1136,19 @@ impl<'a> ShardView<'a> {
                 .get(c as usize)
                 .ok_or_else(|| format!("free chunk link {c} out of range"))?;
             if Self::is_marked(l) {
-                return Err(format!("chunk {c} is both free and used, or the free list cycles"));
+                return Err(format!(
+                    "chunk {c} is both free and used, or the free list cycles"
+                ));
             }
             self.set_mark(c, l);
             nfree += 1;
             c = l;
         }
         if nfree != m.free_chunks {
-            return Err(format!("free chunk list has {nfree}, counter says {}", m.free_chunks));
+            return Err(format!(
+                "free chunk list has {nfree}, counter says {}",
+                m.free_chunks
+            ));
         }
         if owned + nfree != total {
             return Err(format!("{owned} used + {nfree} free chunks != {total}"));
@@ -1378,8 +1386,15 @@ mod tests {
     }
 
     fn set(v: &mut ShardView, g: &Geometry, k: &[u8], val: &[u8], exp: u64, now: u64) -> Stored {
-        v.store(k, h(g, k), val, Deadline::At(exp), StoreMode::Set, &mut Now::fixed(now))
-            .unwrap()
+        v.store(
+            k,
+            h(g, k),
+            val,
+            Deadline::At(exp),
+            StoreMode::Set,
+            &mut Now::fixed(now),
+        )
+        .unwrap()
     }
 
     fn get(v: &mut ShardView, g: &Geometry, k: &[u8], now: u64) -> Option<Vec<u8>> {
@@ -1412,7 +1427,10 @@ mod tests {
             set(&mut v, &g, &[i], b"x", 0, 1);
         }
         assert!(get(&mut v, &g, &[0], 1).is_some()); // 0 becomes most recent; 1 is oldest
-        assert_eq!(set(&mut v, &g, &[8], b"x", 0, 1), Stored::Written { evicted: 1 });
+        assert_eq!(
+            set(&mut v, &g, &[8], b"x", 0, 1),
+            Stored::Written { evicted: 1 }
+        );
         assert_eq!(get(&mut v, &g, &[1], 1), None);
         assert!(get(&mut v, &g, &[0], 1).is_some());
         assert_eq!(v.meta.evictions, 1);
@@ -1442,10 +1460,19 @@ mod tests {
         let st = |v: &mut ShardView, val: &[u8], m, now: &mut Now| {
             v.store(k, h(&g, k), val, Deadline::At(0), m, now).unwrap()
         };
-        assert_eq!(st(&mut v, b"1", StoreMode::Replace, &mut now), Stored::Missing);
-        assert!(matches!(st(&mut v, b"1", StoreMode::Add, &mut now), Stored::Written { .. }));
+        assert_eq!(
+            st(&mut v, b"1", StoreMode::Replace, &mut now),
+            Stored::Missing
+        );
+        assert!(matches!(
+            st(&mut v, b"1", StoreMode::Add, &mut now),
+            Stored::Written { .. }
+        ));
         assert_eq!(st(&mut v, b"2", StoreMode::Add, &mut now), Stored::Exists);
-        assert!(matches!(st(&mut v, b"3", StoreMode::Replace, &mut now), Stored::Written { .. }));
+        assert!(matches!(
+            st(&mut v, b"3", StoreMode::Replace, &mut now),
+            Stored::Written { .. }
+        ));
         assert_eq!(get(&mut v, &g, k, 1), Some(b"3".to_vec()));
     }
 
@@ -1458,12 +1485,18 @@ mod tests {
         let mut now = Now::fixed(1);
         assert_eq!(v.incr(k, h(&g, k), 5, 0, &mut now).unwrap(), Incr::Value(5));
         v.set_deadline(k, h(&g, k), 50, &mut now).unwrap();
-        assert_eq!(v.incr(k, h(&g, k), -7, 0, &mut now).unwrap(), Incr::Value(-2));
+        assert_eq!(
+            v.incr(k, h(&g, k), -7, 0, &mut now).unwrap(),
+            Incr::Value(-2)
+        );
         assert_eq!(v.deadline(k, h(&g, k), &mut now).unwrap(), Some(50));
         set(&mut v, &g, k, &i64::MAX.to_string().into_bytes(), 0, 1);
         assert_eq!(v.incr(k, h(&g, k), 1, 0, &mut now).unwrap(), Incr::Overflow);
         set(&mut v, &g, k, b"abc", 0, 1);
-        assert_eq!(v.incr(k, h(&g, k), 1, 0, &mut now).unwrap(), Incr::NotInteger);
+        assert_eq!(
+            v.incr(k, h(&g, k), 1, 0, &mut now).unwrap(),
+            Incr::NotInteger
+        );
         assert_eq!(get(&mut v, &g, k, 1), Some(b"abc".to_vec()));
     }
 

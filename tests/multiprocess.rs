@@ -106,7 +106,10 @@ fn forked_children_and_a_separate_binary_share_one_cache() {
             spawn(move || {
                 // Both the inherited handle and a fresh one by name must work in the child.
                 let fresh = Cache::open_existing(&n).unwrap();
-                assert_eq!(fresh.get(b"from-parent").unwrap().as_deref(), Some(&b"p"[..]));
+                assert_eq!(
+                    fresh.get(b"from-parent").unwrap().as_deref(),
+                    Some(&b"p"[..])
+                );
                 fresh
                     .set(format!("child-{i}").as_bytes(), format!("v{i}").as_bytes())
                     .unwrap();
@@ -127,7 +130,10 @@ fn forked_children_and_a_separate_binary_share_one_cache() {
     let out = cli().args(["get", &name, "child-1"]).output().unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(out.stdout, b"v1\n");
-    let out = cli().args(["set", &name, "from-cli", "c"]).output().unwrap();
+    let out = cli()
+        .args(["set", &name, "from-cli", "c"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(cache.get(b"from-cli").unwrap().as_deref(), Some(&b"c"[..]));
     let out = cli().args(["incr", &name, "n", "7"]).output().unwrap();
@@ -175,8 +181,12 @@ fn duck_docstring_ten_processes_five_max_keys() {
             r.read_exact(&mut b).unwrap();
             let key = i.to_string();
             let val = (i * 2).to_string();
-            c.set_ttl(key.as_bytes(), val.as_bytes(), Some(Duration::from_secs(10)))
-                .unwrap();
+            c.set_ttl(
+                key.as_bytes(),
+                val.as_bytes(),
+                Some(Duration::from_secs(10)),
+            )
+            .unwrap();
             let back = c.get(key.as_bytes()).unwrap();
             aw.write_all(&[1]).unwrap();
             i32::from(back != Some(val.into_bytes()))
@@ -468,7 +478,10 @@ fn foreign_file_with_wrong_magic_is_incompatible() {
         other => panic!("{:?}", other.map(|_| ())),
     }
     // The foreign file is left alone.
-    assert_eq!(std::fs::read(format!("/dev/shm/{}", &*name)).unwrap(), vec![0x5a; 4096]);
+    assert_eq!(
+        std::fs::read(format!("/dev/shm/{}", &*name)).unwrap(),
+        vec![0x5a; 4096]
+    );
 }
 
 #[test]
@@ -523,7 +536,9 @@ fn segment_of_another_user_is_refused_unless_allowed() {
     let path = format!("/dev/shm/{}", &*name);
     std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
     match Options::new().open_existing(&name) {
-        Err(Error::PermissionDenied { reason, .. }) => assert!(reason.contains("65534"), "{reason}"),
+        Err(Error::PermissionDenied { reason, .. }) => {
+            assert!(reason.contains("65534"), "{reason}")
+        }
         other => panic!("{:?}", other.map(|_| ())),
     }
     let c = Options::new()
@@ -550,11 +565,18 @@ fn full_dev_shm_is_reported_and_leaves_nothing_behind() {
 #[test]
 fn oversized_and_zero_ttl_writes_fail_and_keep_the_old_value() {
     let name = Name::new("limits");
-    let cache = small(1).max_key_len(64).max_value_len(1000).create(&name).unwrap();
+    let cache = small(1)
+        .max_key_len(64)
+        .max_value_len(1000)
+        .create(&name)
+        .unwrap();
     cache.set(b"k", b"old").unwrap();
     assert!(matches!(
         cache.set(b"k", &[0; 1001]),
-        Err(Error::ValueTooLarge { len: 1001, max: 1000 })
+        Err(Error::ValueTooLarge {
+            len: 1001,
+            max: 1000
+        })
     ));
     assert!(matches!(
         cache.set(&[b'k'; 65], b"v"),
@@ -578,7 +600,10 @@ fn oversized_and_zero_ttl_writes_fail_and_keep_the_old_value() {
 
 #[test]
 fn cli_errors_are_one_line_and_nonzero() {
-    let out = cli().args(["get", "no-such-segment-xyz", "k"]).output().unwrap();
+    let out = cli()
+        .args(["get", "no-such-segment-xyz", "k"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(err.lines().count(), 1, "{err}");

@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "shmemcache", version, about = "Shared-memory LRU cache: inspect and change a cache by name")]
+#[command(
+    name = "shmemcache",
+    version,
+    about = "Shared-memory LRU cache: inspect and change a cache by name"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -82,7 +86,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?} (try 64MiB)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad size {s:?} (try 64MiB)"))?;
     let mul: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -90,14 +96,17 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 1 << 30,
         _ => return Err(format!("bad size unit in {s:?} (use B, KiB, MiB, GiB)")),
     };
-    n.checked_mul(mul).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?} (try 30s, 5m)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (try 30s, 5m)"))?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),
@@ -138,14 +147,32 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
     let open = |name: &str| Options::new().open_existing(name);
     let mut out = std::io::stdout().lock();
     match cli.cmd {
-        Cmd::Create { name, capacity, max_entries, shards, ttl, mode } => {
-            let mut o = Options::new().capacity_bytes(capacity).shards(shards).default_ttl(ttl).mode(mode);
+        Cmd::Create {
+            name,
+            capacity,
+            max_entries,
+            shards,
+            ttl,
+            mode,
+        } => {
+            let mut o = Options::new()
+                .capacity_bytes(capacity)
+                .shards(shards)
+                .default_ttl(ttl)
+                .mode(mode);
             if let Some(n) = max_entries {
                 o = o.max_entries(n);
             }
             let c = o.create(&name)?;
             let i = c.info();
-            let _ = writeln!(out, "created {} ({} mapped, {} entries, {} shards)", i.name, fmt_bytes(i.segment_bytes), i.max_entries, i.shards);
+            let _ = writeln!(
+                out,
+                "created {} ({} mapped, {} entries, {} shards)",
+                i.name,
+                fmt_bytes(i.segment_bytes),
+                i.max_entries,
+                i.shards
+            );
         }
         Cmd::Info { name } => {
             let c = open(&name)?;
@@ -155,13 +182,38 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             let _ = writeln!(out, "layout version:  {}", i.layout_version);
             let _ = writeln!(out, "segment size:    {}", fmt_bytes(i.segment_bytes));
             let _ = writeln!(out, "shards:          {}", i.shards);
-            let _ = writeln!(out, "entries:         {} / {}", s.total.entries, i.max_entries);
-            let _ = writeln!(out, "arena:           {} / {} (chunk {}B)", fmt_bytes(s.total.arena_used), fmt_bytes(i.capacity_bytes), i.chunk_size);
-            let _ = writeln!(out, "max key/value:   {}B / {}", i.max_key_len, fmt_bytes(i.max_value_len as u64));
-            let _ = writeln!(out, "default TTL:     {}", i.default_ttl.map_or("none".to_string(), |d| format!("{d:?}")));
+            let _ = writeln!(
+                out,
+                "entries:         {} / {}",
+                s.total.entries, i.max_entries
+            );
+            let _ = writeln!(
+                out,
+                "arena:           {} / {} (chunk {}B)",
+                fmt_bytes(s.total.arena_used),
+                fmt_bytes(i.capacity_bytes),
+                i.chunk_size
+            );
+            let _ = writeln!(
+                out,
+                "max key/value:   {}B / {}",
+                i.max_key_len,
+                fmt_bytes(i.max_value_len as u64)
+            );
+            let _ = writeln!(
+                out,
+                "default TTL:     {}",
+                i.default_ttl
+                    .map_or("none".to_string(), |d| format!("{d:?}"))
+            );
             let _ = writeln!(out, "creator pid:     {}", i.creator_pid);
             for (n, sh) in s.shards.iter().enumerate() {
-                let _ = writeln!(out, "  shard {n:>3}: {:>8} entries, {:>5.1}% arena", sh.entries, 100.0 * sh.arena_used as f64 / sh.arena_capacity.max(1) as f64);
+                let _ = writeln!(
+                    out,
+                    "  shard {n:>3}: {:>8} entries, {:>5.1}% arena",
+                    sh.entries,
+                    100.0 * sh.arena_used as f64 / sh.arena_capacity.max(1) as f64
+                );
             }
         }
         Cmd::Stats { name } => {
@@ -179,7 +231,12 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 return Ok(ExitCode::from(1));
             }
         },
-        Cmd::Set { name, key, value, ttl } => {
+        Cmd::Set {
+            name,
+            key,
+            value,
+            ttl,
+        } => {
             let c = open(&name)?;
             match ttl {
                 Some(t) => c.set_ttl(key.as_bytes(), value.as_bytes(), Some(t))?,
@@ -208,12 +265,19 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             let v = open(&name)?.incr(key.as_bytes(), delta)?;
             let _ = writeln!(out, "{v}");
         }
-        Cmd::Keys { name, prefix, limit } => {
+        Cmd::Keys {
+            name,
+            prefix,
+            limit,
+        } => {
             let c = open(&name)?;
             let mut n = 0;
             for k in c.keys() {
                 let k = k?;
-                if prefix.as_ref().is_some_and(|p| !k.starts_with(p.as_bytes())) {
+                if prefix
+                    .as_ref()
+                    .is_some_and(|p| !k.starts_with(p.as_bytes()))
+                {
                     continue;
                 }
                 if limit.is_some_and(|l| n >= l) {
@@ -241,7 +305,11 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
         Cmd::Repair { name } => {
             let r = open(&name)?.repair()?;
-            let _ = writeln!(out, "kept {} dropped {} cleared shards {}", r.kept, r.dropped, r.cleared_shards);
+            let _ = writeln!(
+                out,
+                "kept {} dropped {} cleared shards {}",
+                r.kept, r.dropped, r.cleared_shards
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

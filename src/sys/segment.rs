@@ -166,13 +166,11 @@ impl Segment {
         let size = st.st_size.max(0) as u64;
         let mut raw = [0u8; size_of::<Header>()];
         let header = if size >= raw.len() as u64 {
-            locked
-                .read_exact_at(&mut raw, 0)
-                .map_err(|e| Error::Os {
-                    op: "read header",
-                    name: name.to_string(),
-                    source: e,
-                })?;
+            locked.read_exact_at(&mut raw, 0).map_err(|e| Error::Os {
+                op: "read header",
+                name: name.to_string(),
+                source: e,
+            })?;
             Some(bytemuck::pod_read_unaligned::<Header>(&raw))
         } else {
             None
@@ -369,7 +367,10 @@ impl Segment {
     }
 
     fn lock_ptr(&self, shard: usize) -> *mut libc::pthread_mutex_t {
-        assert!(shard < self.geom.shard_count as usize, "shard index out of range");
+        assert!(
+            shard < self.geom.shard_count as usize,
+            "shard index out of range"
+        );
         self.map
             .as_mut_ptr()
             .wrapping_add(self.geom.shard_offset(shard))
@@ -379,6 +380,9 @@ impl Segment {
     /// # Safety
     /// The caller must hold shard `shard`'s lock (or be formatting an unpublished segment)
     /// and must not create a second slice for the same shard while this one lives.
+    // Shared memory is mutated through `&self` by design; exclusivity comes from the shard
+    // lock, which is this function's safety contract.
+    #[allow(clippy::mut_from_ref)]
     unsafe fn region_slice(&self, shard: usize) -> &mut [u8] {
         let off = self.geom.shard_offset(shard) + self.geom.shard.region_offset;
         debug_assert!(off + self.geom.shard.region_len <= self.map.len());
