@@ -102,7 +102,14 @@ fn keys(n: usize) -> Vec<Vec<u8>> {
 }
 
 /// One worker's loop; returns (ops, latency samples in ns).
-fn work(t: Target, keys: &[Vec<u8>], value: &[u8], mix: Mix, secs: f64, seed: u64) -> (u64, Vec<u32>) {
+fn work(
+    t: Target,
+    keys: &[Vec<u8>],
+    value: &[u8],
+    mix: Mix,
+    secs: f64,
+    seed: u64,
+) -> (u64, Vec<u32>) {
     let mut x = seed | 1;
     let mut buf = vec![0u8; value.len()];
     let mut samples = Vec::with_capacity(MAX_SAMPLES);
@@ -185,14 +192,22 @@ fn run(t: Target, a: &Args, keys: &[Vec<u8>], value: &[u8], mix: Mix) -> Result 
         let mut data = Vec::new();
         o.read_to_end(&mut data).expect("read report");
         total += u64::from_le_bytes(data[..8].try_into().expect("ops"));
-        lat.extend(data[8..].chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())));
+        lat.extend(
+            data[8..]
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap())),
+        );
     }
     let elapsed = started.elapsed().as_secs_f64().max(a.secs);
     for p in pids {
         waitpid(p, None).expect("waitpid");
     }
     lat.sort_unstable();
-    let pct = |q: f64| lat.get(((lat.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(0);
+    let pct = |q: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
     Result {
         ops_per_sec: total as f64 / elapsed,
         p50_ns: pct(0.50),
@@ -245,7 +260,11 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         st.hit_ratio(),
         st.evictions,
         st.recoveries,
-        if cache.check()?.is_healthy() { "healthy" } else { "DAMAGED" }
+        if cache.check()?.is_healthy() {
+            "healthy"
+        } else {
+            "DAMAGED"
+        }
     );
     drop(cache);
     Cache::unlink(SEGMENT)?;

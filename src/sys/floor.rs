@@ -33,8 +33,11 @@ impl Floor {
         let slots = (keys.len().div_ceil(shards) * 2).next_power_of_two().max(8);
         let hashes = 8 * slots;
         let stride = (LOCK_BLOCK + hashes + value_len * slots).div_ceil(128) * 128;
-        let fd = nix::sys::memfd::memfd_create(c"shmemcache-floor", nix::sys::memfd::MemFdCreateFlag::empty())
-            .map_err(io::Error::from)?;
+        let fd = nix::sys::memfd::memfd_create(
+            c"shmemcache-floor",
+            nix::sys::memfd::MemFdCreateFlag::empty(),
+        )
+        .map_err(io::Error::from)?;
         let file = std::fs::File::from(fd);
         file.set_len((stride * shards) as u64)?;
         let map = MmapOptions::new().len(stride * shards).map_raw(&file)?;
@@ -61,7 +64,11 @@ impl Floor {
         Ok(floor)
     }
 
-    fn with<R>(&self, key: &[u8], f: impl FnOnce(&mut [u64], &mut [u8], u64, usize) -> R) -> Option<R> {
+    fn with<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(&mut [u64], &mut [u8], u64, usize) -> R,
+    ) -> Option<R> {
         let h = xxhash_rust::xxh3::xxh3_64_with_seed(key, SEED) | 1;
         let s = (((h >> 32) * self.shards as u64) >> 32) as usize;
         let base = self.map.as_mut_ptr().wrapping_add(s * self.stride);
