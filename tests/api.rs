@@ -1,0 +1,197 @@
+//! The `Cache` API on a real segment, one process: semantics of every operation.
+
+use shmemcache::{Cache, Error, Expiry, Options};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+struct Seg(Cache);
+
+impl Drop for Seg {
+    fn drop(&mut self) {
+        let _ = Cache::unlink(self.0.name());
+    }
+}
+
+fn seg(tag: &str, o: Options) -> Seg {
+    let name = format!("shmc-api-{}-{tag}", std::process::id());
+    let _ = Cache::unlink(&name);
+    Seg(o.create(&name).unwrap())
+}
+
+fn opts() -> Options {
+    Options::new().capacity_bytes(1 << 20).shards(4)
+}
+
+#[test]
+fn add_replace_take_delete_contains() {
+    let s = seg("ops", opts());
+    let c = &s.0;
+    assert!(!c.replace(b"k", b"1").unwrap());
+    assert!(c.add(b"k", b"1").unwrap());
+    assert!(!c.add(b"k", b"2").unwrap());
+    assert!(c.replace(b"k", b"3").unwrap());
+    assert!(c.contains(b"k").unwrap());
+    assert_eq!(c.take(b"k").unwrap().as_deref(), Some(&b"3"[..]));
+    assert_eq!(c.take(b"k").unwrap(), None);
+    c.set(b"d", b"x").unwrap();
+    assert!(c.delete(b"d").unwrap());
+    assert!(!c.delete(b"d").unwrap());
+    assert!(c.is_empty().unwrap());
+}
+
+#[test]
+fn set_without_ttl_clears_the_old_deadline_and_default_ttl_applies() {
+    let s = seg("ttl", opts().default_ttl(Some(Duration::from_secs(60))));
+    let c = &s.0;
+    c.set_ttl(b"k", b"v", Some(Duration::from_millis(50)))
+        .unwrap();
+    c.set_ttl(b"k", b"v", None).unwrap();
+    assert_eq!(c.ttl(b"k").unwrap(), Some(Expiry::Never));
+    c.set(b"d", b"v").unwrap();
+    match c.ttl(b"d").unwrap() {
+        Some(Expiry::In(d)) => assert!(d > Duration::from_secs(59) && d <= Duration::from_secs(60)),
+        other => panic!("{other:?}"),
+    }
+    assert!(c.expire(b"d", None).unwrap());
+    assert_eq!(c.ttl(b"d").unwrap(), Some(Expiry::Never));
+    assert!(!c.expire(b"missing", None).unwrap());
+    assert_eq!(c.ttl(b"missing").unwrap(), None);
+}
+
+#[test]
+fn expired_entries_are_absent_everywhere_and_flushed() {
+    let s = seg("expiry", opts());
+    let c = &s.0;
+    for i in 0..50u32 {
+        c.set_ttl(&i.to_be_bytes(), b"v", Some(Duration::from_millis(30)))
+            .unwrap();
+    }
+    c.set(b"stay", b"v").unwrap();
+    std::thread::sleep(Duration::from_millis(60));
+    assert!(!c.contains(&0u32.to_be_bytes()).unwrap());
+    assert_eq!(c.get(&1u32.to_be_bytes()).unwrap(), None);
+    // add treats an expired key as absent
+    assert!(c.add(&2u32.to_be_bytes(), b"new").unwrap());
+    assert_eq!(c.keys().count(), 2);
+    let flushed = c.flush_expired().unwrap();
+    assert!(flushed >= 40, "flushed {flushed}");
+    assert_eq!(c.len().unwrap(), 2);
+    assert!(c.stats().unwrap().total.expirations >= 48);
+}
+
+#[test]
+fn incr_decr_semantics() {
+    let s = seg("incr", opts());
+    let c = &s.0;
+    assert_eq!(c.incr(b"n", 5).unwrap(), 5);
+    assert_eq!(c.decr(b"n", 8).unwrap(), -3);
+    assert_eq!(c.get(b"n").unwrap().as_deref(), Some(&b"-3"[..]));
+    c.set(b"s", b"hello").unwrap();
+    assert!(matches!(c.incr(b"s", 1), Err(Error::NotAnInteger)));
+    c.set(b"m", i64::MAX.to_string().as_bytes()).unwrap();
+    assert!(matches!(c.incr(b"m", 1), Err(Error::Overflow)));
+    assert!(matches!(c.decr(b"m", i64::MIN), Err(Error::Overflow)));
+}
+
+#[test]
+fn keys_iterates_every_live_key_once_across_batches() {
+    let s = seg("keys", opts().max_entries(4000).capacity_bytes(4 << 20));
+    let c = &s.0;
+    let want: BTreeSet<Vec<u8>> = (0..3000u32).map(|i| format!("k{i}").into_bytes()).collect();
+    for k in &want {
+        c.set(k, b"v").unwrap();
+    }
+    let got: Vec<Vec<u8>> = c.keys().map(|k| k.unwrap()).collect();
+    assert_eq!(got.len(), want.len());
+    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
+}
+
+#[test]
+fn stats_count_hits_misses_sets_evictions() {
+    let s = seg(
+        "stats",
+        Options::new()
+            .capacity_bytes(64 << 10)
+            .shards(1)
+            .max_entries(10),
+    );
+    let c = &s.0;
+    for i in 0..15u8 {
+        assert_eq!(c.set(&[i], b"v").unwrap().evicted, u32::from(i >= 10));
+    }
+    c.get(&[14]).unwrap();
+    c.get(&[0]).unwrap();
+    let t = c.stats().unwrap().total;
+    assert_eq!((t.hits, t.misses, t.sets, t.evictions), (1, 1, 15, 5));
+    assert_eq!(t.entries, 10);
+    assert_eq!(c.stats().unwrap().shards.len(), 1);
+    assert_eq!(c.clear().unwrap(), 10);
+    assert_eq!(c.len().unwrap(), 0);
+}
+
+#[test]
+fn large_values_fill_chains_and_evict_until_they_fit() {
+    let s = seg("large", Options::new().capacity_bytes(256 << 10).shards(1));
+    let c = &s.0;
+    let max = c.info().max_value_len as usize;
+    for i in 0..20u8 {
+        let v = vec![i; max / 3];
+        c.set(&[i], &v).unwrap();
+        assert_eq!(c.get(&[i]).unwrap(), Some(v));
+    }
+    assert!(c.stats().unwrap().total.evictions > 0);
+    c.set(b"max", &vec![1; max]).unwrap();
+    assert_eq!(c.get(b"max").unwrap().map(|v| v.len()), Some(max));
+    assert!(c.check().unwrap().is_healthy());
+}
+
+#[test]
+fn typed_round_trip_and_codec_errors() {
+    let s = seg("typed", opts());
+    let c = &s.0;
+    let t = c.typed::<(String, u32), Vec<f64>>();
+    t.set(&("a".into(), 1), &vec![1.5, 2.5]).unwrap();
+    assert_eq!(t.get(&("a".into(), 1)).unwrap(), Some(vec![1.5, 2.5]));
+    assert!(t.contains(&("a".into(), 1)).unwrap());
+    assert_eq!(t.get(&("b".into(), 1)).unwrap(), None);
+    // Bytes that are not a Vec<f64> give a codec error, not a panic.
+    let raw = c.typed::<(String, u32), u8>();
+    raw.set(&("bad".into(), 0), &200).unwrap();
+    assert!(matches!(t.get(&("bad".into(), 0)), Err(Error::Codec(_))));
+    assert_eq!(t.take(&("a".into(), 1)).unwrap(), Some(vec![1.5, 2.5]));
+}
+
+#[test]
+fn repair_on_a_healthy_cache_keeps_everything() {
+    let s = seg("repair", opts());
+    let c = &s.0;
+    for i in 0..100u32 {
+        c.set(&i.to_le_bytes(), &i.to_be_bytes()).unwrap();
+    }
+    let r = c.repair().unwrap();
+    assert_eq!((r.kept, r.dropped, r.cleared_shards), (100, 0, 0));
+    for i in 0..100u32 {
+        assert_eq!(
+            c.get(&i.to_le_bytes()).unwrap(),
+            Some(i.to_be_bytes().to_vec())
+        );
+    }
+}
+
+#[test]
+fn bad_options_are_clear_errors() {
+    let name = format!("shmc-api-{}-badopts", std::process::id());
+    for o in [
+        Options::new().shards(0),
+        Options::new().chunk_size(48),
+        Options::new().capacity_bytes(1024).shards(64),
+        Options::new().lock_timeout(Duration::ZERO),
+        Options::new().default_ttl(Some(Duration::ZERO)),
+    ] {
+        match o.open(&name) {
+            Err(Error::InvalidArgument(_)) | Err(Error::ZeroTtl) => {}
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
+    assert!(!std::path::Path::new(&format!("/dev/shm/{name}")).exists());
+}
