@@ -89,7 +89,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("bad size {s:?} (try 64MiB)"))?;
-    let mul: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+    let mul: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
