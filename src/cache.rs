@@ -8,7 +8,9 @@ use crate::name::validate_name;
 use crate::sys::fork;
 use crate::sys::robust::LockError;
 use crate::sys::segment::{OpenMode, OpenParams, Segment};
-use crate::table::{key_hash, Deadline, Incr, Now, ShardView, StoreMode, Stored, TableError};
+use crate::table::{
+    key_hash, Deadline, Incr, Now, RepairReport, ShardView, StoreMode, Stored, TableError,
+};
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -550,11 +552,12 @@ impl Cache {
         result.map_err(|e| self.corrupted(e))
     }
 
-    fn recover(view: &mut ShardView) {
+    fn recover(view: &mut ShardView) -> RepairReport {
         view.meta.dirty = 1;
-        view.repair();
+        let report = view.repair();
         view.meta.recoveries += 1;
         view.meta.dirty = 0;
+        report
     }
 
     fn lock_error(&self, shard: usize, e: LockError) -> Error {
@@ -891,12 +894,7 @@ impl Cache {
     pub fn repair(&self) -> Result<RepairSummary> {
         let mut sum = RepairSummary::default();
         for s in 0..self.geom.shard_count as usize {
-            let rep = self.with_shard(s, |v| {
-                v.meta.dirty = 1;
-                let r = v.repair();
-                v.meta.recoveries += 1;
-                Ok(r)
-            })?;
+            let rep = self.with_shard(s, |v| Ok(Self::recover(v)))?;
             sum.kept += rep.kept as u64;
             sum.dropped += rep.dropped as u64;
             sum.cleared_shards += rep.cleared as u32;

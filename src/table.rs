@@ -522,8 +522,13 @@ impl<'a> ShardView<'a> {
     // ----- entry removal --------------------------------------------------------------------
 
     fn remove_at(&mut self, slot: usize, r: u32) -> TResult<()> {
-        let rec = *self.rec(r)?;
         self.index_remove(slot)?;
+        self.release(r)
+    }
+
+    /// Unlinks record `r` from the LRU list and frees it and its chunks (not the index slot).
+    fn release(&mut self, r: u32) -> TResult<()> {
+        let rec = *self.rec(r)?;
         self.lru_unlink(r)?;
         self.free_chain(rec.first_chunk, self.chunks_for(Self::entry_len(&rec)))?;
         let free_head = self.meta.free_rec_head;
@@ -1290,19 +1295,8 @@ impl<'a> ShardView<'a> {
             let mut key = Vec::with_capacity(rec.key_len as usize);
             self.read_key(i, &mut key)?;
             if self.find(&key, rec.hash)?.is_some() {
-                // Duplicate key: unlink it from the LRU and free it and its chunks.
-                self.lru_unlink(i)?;
-                let need = self.chunks_for(Self::entry_len(&rec));
-                self.free_chain(rec.first_chunk, need)?;
-                let fh = self.meta.free_rec_head;
-                let x = &mut self.recs[i as usize];
-                x.state = REC_FREE;
-                x.next = fh;
-                x.prev = NIL;
-                x.first_chunk = NIL;
-                self.meta.free_rec_head = i;
-                self.meta.len -= 1;
-                self.meta.bytes_used -= Self::entry_len(&rec) as u64;
+                // Duplicate key (possible only after damage): keep the more recent one.
+                self.release(i)?;
                 report.dropped += 1;
             } else {
                 self.index_insert(i, rec.hash)?;
@@ -1324,7 +1318,7 @@ impl<'a> ShardView<'a> {
         let marked = match self.mark_chain(rec.first_chunk, need) {
             Ok(()) => need,
             Err((k, _)) => {
-                self.release(rec.first_chunk, k);
+                self.unmark_prefix(rec.first_chunk, k);
                 return Err("chunk chain is damaged".into());
             }
         };
@@ -1339,14 +1333,14 @@ impl<'a> ShardView<'a> {
             c = self.unmarked(c);
         }
         if hasher.digest() as u32 != rec.hash {
-            self.release(rec.first_chunk, marked);
+            self.unmark_prefix(rec.first_chunk, marked);
             return Err("key does not match its hash".into());
         }
         Ok(())
     }
 
     /// Unmarks the first `count` chunks of the chain at `first`.
-    fn release(&mut self, first: u32, count: u32) {
+    fn unmark_prefix(&mut self, first: u32, count: u32) {
         let mut c = first;
         for _ in 0..count {
             let next = self.unmarked(c);
