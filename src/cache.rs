@@ -43,6 +43,8 @@ pub struct Options {
     lock_timeout: Duration,
     init_timeout: Duration,
     allow_foreign_owner: bool,
+    coord_slots: u32,
+    liveness_interval: Duration,
 }
 
 impl Default for Options {
@@ -57,6 +59,8 @@ impl Default for Options {
             default_ttl: None,
             mode: 0o600,
             lock_timeout: Duration::from_secs(1),
+            coord_slots: crate::layout::DEFAULT_COORD_SLOTS,
+            liveness_interval: Duration::from_millis(10),
             init_timeout: Duration::from_secs(10),
             allow_foreign_owner: false,
         }
@@ -122,6 +126,19 @@ impl Options {
         self.init_timeout = t;
         self
     }
+    /// Slots in the coordination table: single-flight markers, named locks and pool
+    /// slots held at one time across all processes (default 1024, 64 bytes each).
+    pub fn coord_slots(mut self, n: u32) -> Self {
+        self.coord_slots = n;
+        self
+    }
+    /// How often a process waiting on a lock, pool or computation checks that the holder
+    /// is still alive (default 10 ms). Waiters are woken by releases at once; this bounds
+    /// only how long a holder killed with `kill -9` goes unnoticed.
+    pub fn liveness_interval(mut self, t: Duration) -> Self {
+        self.liveness_interval = t;
+        self
+    }
     /// Join segments owned by another user (refused by default).
     pub fn allow_foreign_owner(mut self, yes: bool) -> Self {
         self.allow_foreign_owner = yes;
@@ -170,14 +187,15 @@ impl Options {
             ttl,
             seed,
         )
+        .and_then(|g| g.with_coord_slots(self.coord_slots))
         .map_err(bad)
     }
 
     fn open_with(&self, name: &str, mode: OpenMode) -> Result<Cache> {
         validate_name(name)?;
-        if self.lock_timeout.is_zero() {
+        if self.lock_timeout.is_zero() || self.liveness_interval.is_zero() {
             return Err(Error::InvalidArgument(
-                "lock_timeout must be positive".into(),
+                "lock_timeout and liveness_interval must be positive".into(),
             ));
         }
         let geometry = self.geometry()?;
@@ -194,7 +212,12 @@ impl Options {
         } else {
             differences(&geometry, seg.geometry())
         };
-        Ok(Cache::from_segment(seg, self.lock_timeout, adopted))
+        Ok(Cache::from_segment(
+            seg,
+            self.lock_timeout,
+            self.liveness_interval,
+            adopted,
+        ))
     }
 
     /// Joins `name`, creating it with these options if it does not exist.
@@ -253,6 +276,11 @@ fn differences(asked: &Geometry, got: &Geometry) -> Vec<String> {
         got.max_value_len as u64,
     );
     cmp("default TTL (ns)", asked.default_ttl_ns, got.default_ttl_ns);
+    cmp(
+        "coordination slots",
+        asked.coord.slots as u64,
+        got.coord.slots as u64,
+    );
     d
 }
 
@@ -363,12 +391,14 @@ pub struct Stats {
 pub struct CheckReport {
     /// `(shard, problem)` for every shard that breaks an invariant.
     pub problems: Vec<(usize, String)>,
+    /// What is wrong with the coordination table (markers, locks, pool slots), if anything.
+    pub coordination: Option<String>,
 }
 
 impl CheckReport {
     /// True when no problem was found.
     pub fn is_healthy(&self) -> bool {
-        self.problems.is_empty()
+        self.problems.is_empty() && self.coordination.is_none()
     }
 }
 
@@ -419,6 +449,8 @@ pub struct Info {
     pub creator_pid: u32,
     /// Metadata bytes per entry slot (record + index share).
     pub metadata_bytes_per_entry: f64,
+    /// Coordination slots (single-flight markers, locks, pool slots held at one time).
+    pub coord_slots: u32,
 }
 
 /// A handle on a shared cache. Cheap to share between threads (`Send + Sync`); each
@@ -437,23 +469,40 @@ pub struct Info {
 /// # Ok::<(), shmemcache::Error>(())
 /// ```
 pub struct Cache {
-    seg: Segment,
-    geom: Geometry,
-    lock_timeout: Duration,
+    pub(crate) seg: Segment,
+    pub(crate) geom: Geometry,
+    pub(crate) lock_timeout: Duration,
+    pub(crate) liveness_interval: Duration,
     adopted: Vec<String>,
     fork_generation: u64,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("name", &self.name())
+            .field("shards", &self.geom.shard_count)
+            .field("inherited", &self.is_inherited())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Entries examined per lock hold by scans (keys, flush_expired).
 const SCAN_BATCH: u32 = 256;
 
 impl Cache {
-    fn from_segment(seg: Segment, lock_timeout: Duration, adopted: Vec<String>) -> Cache {
+    fn from_segment(
+        seg: Segment,
+        lock_timeout: Duration,
+        liveness_interval: Duration,
+        adopted: Vec<String>,
+    ) -> Cache {
         let geom = *seg.geometry();
         Cache {
             seg,
             geom,
             lock_timeout,
+            liveness_interval,
             adopted,
             fork_generation: fork::generation(),
         }
@@ -515,6 +564,7 @@ impl Cache {
             created_unix_ns: h.created_unix_ns,
             creator_pid: h.creator_pid,
             metadata_bytes_per_entry: g.metadata_bytes_per_entry(),
+            coord_slots: g.coord.slots,
         }
     }
 
@@ -560,7 +610,7 @@ impl Cache {
         report
     }
 
-    fn lock_error(&self, shard: usize, e: LockError) -> Error {
+    pub(crate) fn lock_error(&self, shard: usize, e: LockError) -> Error {
         match e {
             LockError::Timeout => Error::LockTimeout {
                 shard,
@@ -598,6 +648,11 @@ impl Cache {
         }
         let h = key_hash(self.geom.hash_seed, key);
         Ok((self.geom.shard_of(h), h as u32))
+    }
+
+    /// Rejects keys over the segment's limit.
+    pub(crate) fn check_key(&self, key: &[u8]) -> Result<()> {
+        self.locate(key).map(|_| ())
     }
 
     fn check_value(&self, value: &[u8]) -> Result<()> {
@@ -887,6 +942,7 @@ impl Cache {
                 Err(e) => report.problems.push((s, format!("{e:?}"))),
             }
         }
+        report.coordination = self.check_coord()?;
         Ok(report)
     }
 

@@ -106,6 +106,40 @@ pub enum Error {
     /// Encoding or decoding a typed key or value failed.
     #[error("codec error: {0}")]
     Codec(String),
+    /// A lock is held by a live process, a pool is full, or a `once` body is running
+    /// elsewhere, and the caller chose not to wait (or waited its full bound).
+    #[error("{what} {name:?} is busy: {reason}")]
+    Busy {
+        /// "lock", "pool" or "once".
+        what: &'static str,
+        /// Its name.
+        name: String,
+        /// Who holds it, or how long the caller waited.
+        reason: String,
+    },
+    /// A release was refused: the hold lapsed and the lock or slot may now be another owner's.
+    #[error(
+        "{what} {name:?} is no longer held by this guard (its hold expired or was force-released)"
+    )]
+    NotOwner {
+        /// "lock" or "pool".
+        what: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// Every coordination slot (single-flight markers, locks, pool slots) is in use.
+    #[error("all {slots} coordination slots are in use; create the segment with more")]
+    CoordinationFull {
+        /// Slots in the segment.
+        slots: u32,
+    },
+    /// Another process's computation of this key failed and the caller asked to be told
+    /// rather than to retry.
+    #[error("the computation of this key failed in process {pid}")]
+    ComputedElsewhereFailed {
+        /// The process whose computation failed.
+        pid: u32,
+    },
     /// Any other operating-system error.
     #[error("{op} failed for segment {name:?}: {source}")]
     Os {

@@ -10,7 +10,7 @@ use std::mem::{align_of, offset_of, size_of};
 /// First eight bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"SHMCACHE";
 /// Bumped whenever any byte of the layout below changes meaning.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Value of [`Header::ready`] once the creator has finished formatting the segment.
 pub const READY: u32 = 0x5245_4459; // "READY"
 /// "No index" in every `u32` link (LRU, free lists, chunk chains).
@@ -61,8 +61,8 @@ pub struct Header {
     pub max_key_len: u32,
     /// Longest value accepted.
     pub max_value_len: u32,
-    /// Reserved, zero.
-    pub _reserved0: u32,
+    /// Slots in the coordination table (single-flight markers, locks, pool slots).
+    pub coord_slots: u32,
     /// TTL applied by `set` when none is given; 0 means entries do not expire by default.
     pub default_ttl_ns: u64,
     /// Seed of the xxh3 key hash; random per segment.
@@ -79,8 +79,10 @@ pub struct Header {
     pub creator_pid: u32,
     /// Reserved, zero.
     pub _reserved1: u32,
+    /// Byte offset of the coordination area (after the last shard).
+    pub coord_offset: u64,
     /// Reserved for future fields; zero.
-    pub _reserved: [u64; 18],
+    pub _reserved: [u64; 17],
 }
 
 /// Per-shard bookkeeping, guarded by the shard's mutex.
@@ -158,6 +160,61 @@ pub const REC_VISITED: u16 = 0x0100;
 /// Mark bit in a chunk link, used by repair and validation only.
 pub const CHUNK_MARK: u32 = 1 << 31;
 
+/// Bookkeeping of the coordination table, guarded by the coordination mutex. 64 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct CoordMeta {
+    /// Non-zero while an update is under way; found set by the next holder = repair first.
+    pub dirty: u32,
+    /// One past the highest slot that may be in use (slots are taken lowest first).
+    pub high_water: u32,
+    /// Times the table was repaired after a dead or panicking holder.
+    pub recoveries: u64,
+    /// Slots freed because their holder had died or their lease had expired.
+    pub reclaimed: u64,
+    /// Reserved; zero.
+    pub _reserved: [u64; 5],
+}
+
+/// What a coordination slot holds.
+pub mod slot_kind {
+    /// Unused.
+    pub const FREE: u32 = 0;
+    /// A computation in flight (single-flight marker).
+    pub const FLIGHT: u32 = 1;
+    /// A computation that failed; waiters that asked for errors see it until it expires.
+    pub const FAILED: u32 = 2;
+    /// A named lock (also used by `once`).
+    pub const LOCK: u32 = 3;
+    /// One holder's slot in a named pool.
+    pub const POOL: u32 = 4;
+    /// Largest valid kind.
+    pub const MAX: u32 = POOL;
+}
+
+/// One marker, lock or pool slot, owned by a process. 64 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+pub struct CoordSlot {
+    /// A [`slot_kind`] constant.
+    pub kind: u32,
+    /// Owning process id.
+    pub owner_pid: u32,
+    /// 128-bit hash of the kind's namespace and the name (or cache key).
+    pub key: [u64; 2],
+    /// Start time of the owning process (clock ticks after boot): with the pid it names one
+    /// process even when pids are reused.
+    pub owner_start: u64,
+    /// Unique per acquisition: a release must present it.
+    pub owner_token: u64,
+    /// When the hold lapses (monotonic ns), 0 = never.
+    pub expires_at: u64,
+    /// When it was taken (monotonic ns).
+    pub acquired_at: u64,
+    /// Hash of the group the slot belongs to (a memo function's namespace), 0 = none.
+    pub group: u64,
+}
+
 const _: () = {
     assert!(size_of::<Header>() == 256);
     assert!(offset_of!(Header, layout_version) == 8);
@@ -167,6 +224,13 @@ const _: () = {
     assert!(offset_of!(Header, hash_seed) == 64);
     assert!(offset_of!(Header, shard_stride) == 80);
     assert!(offset_of!(Header, total_size) == 96);
+    assert!(offset_of!(Header, coord_slots) == 52);
+    assert!(offset_of!(Header, coord_offset) == 112);
+    assert!(size_of::<CoordMeta>() == 64);
+    assert!(size_of::<CoordSlot>() == 64);
+    assert!(offset_of!(CoordSlot, key) == 8);
+    assert!(offset_of!(CoordSlot, expires_at) == 40);
+    assert!(offset_of!(CoordSlot, group) == 56);
     assert!(size_of::<ShardMeta>() == 128);
     assert!(offset_of!(ShardMeta, bytes_used) == 32);
     assert!(offset_of!(ShardMeta, recoveries) == 80);
@@ -220,6 +284,27 @@ pub struct ShardLayout {
     pub stride: usize,
 }
 
+/// Where the coordination area lies: its mutex, the futex words waiters sleep on (one per
+/// slot, touched only atomically), and the guarded region (meta, then the slots).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CoordLayout {
+    /// Slots in the table.
+    pub slots: u32,
+    /// Offset of the area (its mutex) in the segment.
+    pub offset: usize,
+    /// Offset of the wake words in the segment.
+    pub wake_offset: usize,
+    /// Offset of the guarded region ([`CoordMeta`], then the slots) in the segment.
+    pub region_offset: usize,
+    /// Bytes of the guarded region.
+    pub region_len: usize,
+}
+
+/// Default number of coordination slots.
+pub const DEFAULT_COORD_SLOTS: u32 = 1024;
+/// Upper bound on coordination slots.
+pub const MAX_COORD_SLOTS: u32 = 1 << 20;
+
 /// Everything a handle needs to find its way in a segment, derived from the header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {
@@ -245,6 +330,8 @@ pub struct Geometry {
     pub shard: ShardLayout,
     /// Offset of shard 0 in the segment.
     pub shards_offset: usize,
+    /// The coordination area, after the last shard.
+    pub coord: CoordLayout,
     /// Required segment size.
     pub total_size: usize,
 }
@@ -320,7 +407,7 @@ impl Geometry {
             .filter(|t| *t <= isize::MAX as u64 / 2)
             .ok_or_else(|| "segment size overflows".to_string())?;
         let to_usize = |v: u64| usize::try_from(v).map_err(|_| "segment too large".to_string());
-        Ok(Geometry {
+        let g = Geometry {
             shard_count,
             entries_per_shard,
             index_slots,
@@ -340,8 +427,42 @@ impl Geometry {
                 stride: to_usize(stride)?,
             },
             shards_offset: to_usize(shards_offset)?,
+            coord: CoordLayout {
+                slots: 0,
+                offset: to_usize(total)?,
+                wake_offset: 0,
+                region_offset: 0,
+                region_len: 0,
+            },
             total_size: to_usize(total)?,
-        })
+        };
+        g.with_coord_slots(DEFAULT_COORD_SLOTS)
+    }
+
+    /// The same geometry with a coordination table of `slots` slots.
+    pub fn with_coord_slots(mut self, slots: u32) -> Result<Geometry, GeometryError> {
+        if slots == 0 || slots > MAX_COORD_SLOTS {
+            return Err(format!(
+                "coordination slots {slots} is outside 1..={MAX_COORD_SLOTS}"
+            ));
+        }
+        let a = SECTION_ALIGN as u64;
+        let offset = self.coord.offset as u64;
+        let wake = offset + LOCK_BLOCK as u64;
+        let region = align_up(wake + 4 * slots as u64, a);
+        let region_len =
+            size_of::<CoordMeta>() as u64 + size_of::<CoordSlot>() as u64 * slots as u64;
+        let total = align_up(region + region_len, 2 * a);
+        let to_usize = |v: u64| usize::try_from(v).map_err(|_| "segment too large".to_string());
+        self.coord = CoordLayout {
+            slots,
+            offset: self.coord.offset,
+            wake_offset: to_usize(wake)?,
+            region_offset: to_usize(region)?,
+            region_len: to_usize(region_len)?,
+        };
+        self.total_size = to_usize(total)?;
+        Ok(self)
     }
 
     /// Re-derives the geometry from a header read out of a segment and checks that the
@@ -356,8 +477,10 @@ impl Geometry {
             h.max_value_len,
             h.default_ttl_ns,
             h.hash_seed,
-        )?;
+        )?
+        .with_coord_slots(h.coord_slots)?;
         if g.index_slots != h.index_slots
+            || g.coord.offset as u64 != h.coord_offset
             || g.shard.stride as u64 != h.shard_stride
             || g.shards_offset as u64 != h.shards_offset
             || g.total_size as u64 != h.total_size
@@ -383,7 +506,7 @@ impl Geometry {
             chunk_size: self.chunk_size,
             max_key_len: self.max_key_len,
             max_value_len: self.max_value_len,
-            _reserved0: 0,
+            coord_slots: self.coord.slots,
             default_ttl_ns: self.default_ttl_ns,
             hash_seed: self.hash_seed,
             created_unix_ns,
@@ -392,7 +515,8 @@ impl Geometry {
             total_size: self.total_size as u64,
             creator_pid,
             _reserved1: 0,
-            _reserved: [0; 18],
+            coord_offset: self.coord.offset as u64,
+            _reserved: [0; 17],
         }
     }
 
@@ -475,7 +599,16 @@ mod tests {
         ] {
             assert_eq!(off % SECTION_ALIGN, 0);
         }
-        assert_eq!(g.total_size, g.shards_offset + 4 * s.stride);
+        let c = g.coord;
+        assert_eq!(c.offset, g.shards_offset + 4 * s.stride);
+        assert_eq!(c.offset % (2 * SECTION_ALIGN), 0);
+        assert_eq!(c.wake_offset, c.offset + LOCK_BLOCK);
+        assert!(c.region_offset >= c.wake_offset + 4 * c.slots as usize);
+        assert_eq!(c.region_offset % SECTION_ALIGN, 0);
+        assert_eq!(c.region_len, 64 + 64 * c.slots as usize);
+        assert!(g.total_size >= c.region_offset + c.region_len);
+        assert!(g.with_coord_slots(0).is_err());
+        assert!(g.with_coord_slots(MAX_COORD_SLOTS + 1).is_err());
     }
 
     #[test]

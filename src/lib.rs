@@ -29,16 +29,19 @@ compile_error!("shmemcache needs Linux: robust process-shared mutexes and /dev/s
 
 mod cache;
 mod clock;
+mod coord;
 mod error;
 pub mod fault;
 pub mod forkache;
 pub mod layout;
+mod memo;
 #[doc(hidden)]
 pub mod model;
 mod name;
 mod sys;
 #[doc(hidden)]
 pub use sys::floor::Floor;
+mod sync;
 pub mod table;
 mod typed;
 
@@ -46,5 +49,7 @@ pub use cache::{
     Cache, CheckReport, Expiry, Info, Keys, Options, RepairSummary, SetOutcome, ShardStats, Stats,
 };
 pub use error::{Error, Result};
+pub use memo::{ComputeError, ComputeOptions, Memo, MemoStats, OnError, Source, Ttl};
 pub use name::{validate_name, MAX_NAME_LEN};
+pub use sync::{LockGuard, OnceBusy, Pool};
 pub use typed::{Codec, Postcard, Typed};

@@ -1,7 +1,10 @@
-//! The few places that talk to the OS through raw pointers: the mapped segment, the
-//! robust process-shared mutex, and the fork hook. Everything above works on slices.
+//! The few places that talk to the OS through raw pointers or syscalls: the mapped segment,
+//! the robust process-shared mutex, futexes, process identity, and the fork hook.
+//! Everything above works on slices.
 
 pub mod floor;
 pub mod fork;
+pub mod futex;
+pub mod process;
 pub mod robust;
 pub mod segment;

@@ -310,6 +310,14 @@ impl Segment {
                 })?
                 .format();
         }
+        // SAFETY: the coordination mutex lies in bounds, 64-byte aligned (geometry), and the
+        // segment is not yet visible to other processes. Its region is already zero, which
+        // is an empty table.
+        unsafe { robust::init(seg.coord_lock_ptr()) }.map_err(|e| Error::Os {
+            op: "pthread_mutex_init",
+            name: name.to_string(),
+            source: e,
+        })?;
         seg.ready_flag().store(READY, Ordering::Release);
         Ok(seg)
     }
@@ -410,6 +418,68 @@ impl Segment {
             seg: self,
             shard,
         })
+    }
+}
+
+impl Segment {
+    fn coord_lock_ptr(&self) -> *mut libc::pthread_mutex_t {
+        self.map
+            .as_mut_ptr()
+            .wrapping_add(self.geom.coord.offset)
+            .cast()
+    }
+
+    /// Locks the coordination table for at most `timeout`.
+    pub fn lock_coord(
+        &self,
+        timeout: Duration,
+    ) -> std::result::Result<CoordGuard<'_>, robust::LockError> {
+        // SAFETY: the coordination mutex was initialized by the creator before the segment
+        // was marked ready, and stays mapped while `self` is borrowed.
+        let held = unsafe { robust::lock(self.coord_lock_ptr(), timeout) }?;
+        Ok(CoordGuard { held, seg: self })
+    }
+
+    /// The futex word waiters on coordination slot `slot` sleep on, or `None` if out of range.
+    pub fn wake_word(&self, slot: usize) -> Option<&AtomicU32> {
+        if slot >= self.geom.coord.slots as usize {
+            return None;
+        }
+        let p = self
+            .map
+            .as_mut_ptr()
+            .wrapping_add(self.geom.coord.wake_offset + 4 * slot);
+        // SAFETY: `Geometry` places `slots` u32 words at `wake_offset` inside `total_size`,
+        // which the mapping covers; the offset is 4-byte aligned; these words are only ever
+        // accessed atomically (here and by the kernel's futex code), never through slices.
+        Some(unsafe { AtomicU32::from_ptr(p.cast::<u32>()) })
+    }
+}
+
+/// Exclusive access to the coordination table's guarded bytes for as long as it lives.
+pub struct CoordGuard<'a> {
+    held: robust::Held<'a>,
+    seg: &'a Segment,
+}
+
+impl CoordGuard<'_> {
+    /// Whether the previous holder died holding the lock.
+    pub fn owner_died(&self) -> bool {
+        self.held.acquired() == robust::Acquired::OwnerDied
+    }
+
+    /// The guarded region: [`crate::layout::CoordMeta`] then the slots.
+    pub fn region(&mut self) -> &mut [u8] {
+        let c = &self.seg.geom.coord;
+        debug_assert!(c.region_offset + c.region_len <= self.seg.map.len());
+        // SAFETY: `Geometry` proved the region lies inside the mapping; this guard holds the
+        // coordination lock and `&mut self` makes the slice unique for its lifetime.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.seg.map.as_mut_ptr().add(c.region_offset),
+                c.region_len,
+            )
+        }
     }
 }
 

@@ -1,0 +1,674 @@
+//! Memoization across processes: `get_or_compute` with a machine-wide single flight,
+//! stale-while-refresh, and per-function memo handles.
+//!
+//! A miss takes the key's flight marker in the coordination table (owner pid + start time +
+//! token). Other callers sleep on the marker's futex word and are woken when the value
+//! lands; if the owner dies they notice within the liveness interval and one of them takes
+//! over. Values written here carry an 8-byte header holding when they were computed, which
+//! is what `stale_after` and `max_age` compare against.
+
+use crate::cache::Cache;
+use crate::clock::monotonic_ns;
+use crate::error::{Error, Result};
+use crate::layout::slot_kind;
+use crate::sync::{Attempt, Request};
+use crate::sys::fork;
+use crate::typed::{Codec, Postcard};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Tag in the top byte of a memo value's header; the low 56 bits are the computation time
+/// in µs on `CLOCK_MONOTONIC`.
+const TAG: u64 = 0xC5 << 56;
+const HEADER: usize = 8;
+/// How long a failed computation stays visible to callers that asked to be told.
+const FAILED_HOLD: Duration = Duration::from_millis(100);
+
+/// TTL of a memoized value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Ttl {
+    /// The segment's default TTL.
+    #[default]
+    Default,
+    /// Never expires (still evicted when room is needed).
+    Never,
+    /// Expires this long after it is stored.
+    For(Duration),
+}
+
+/// What waiters do when the computing process's function returns an error.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnError {
+    /// One of the waiters computes again (the default).
+    #[default]
+    Retry,
+    /// Waiters get [`Error::ComputedElsewhereFailed`]; so do callers arriving within
+    /// 100 ms of the failure.
+    Propagate,
+}
+
+/// Options of one `get_or_compute` call or of a memo handle. Built with chained setters.
+///
+/// ```
+/// use shmemcache::{ComputeOptions, Ttl};
+/// use std::time::Duration;
+/// let opts = ComputeOptions::new()
+///     .ttl(Ttl::For(Duration::from_secs(300)))
+///     .stale_after(Duration::from_secs(60))
+///     .serve_stale(true);
+/// # let _ = opts;
+/// ```
+#[derive(Clone, Debug)]
+pub struct ComputeOptions {
+    ttl: Ttl,
+    stale_after: Option<Duration>,
+    serve_stale: bool,
+    wait_timeout: Duration,
+    on_error: OnError,
+    max_size: Option<usize>,
+    skip_cache: bool,
+    overwrite: bool,
+    max_age: Option<Duration>,
+}
+
+impl Default for ComputeOptions {
+    fn default() -> Self {
+        ComputeOptions {
+            ttl: Ttl::Default,
+            stale_after: None,
+            serve_stale: false,
+            wait_timeout: Duration::from_secs(60),
+            on_error: OnError::Retry,
+            max_size: None,
+            skip_cache: false,
+            overwrite: false,
+            max_age: None,
+        }
+    }
+}
+
+impl ComputeOptions {
+    /// The defaults: segment TTL, never stale, wait up to 60 s, retry on error.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// TTL of stored values.
+    pub fn ttl(mut self, ttl: Ttl) -> Self {
+        self.ttl = ttl;
+        self
+    }
+    /// A value older than this is stale: recomputed, or served while one caller refreshes
+    /// it if [`serve_stale`](Self::serve_stale) is on.
+    pub fn stale_after(mut self, d: Duration) -> Self {
+        self.stale_after = Some(d);
+        self
+    }
+    /// Serve a stale value at once while a single caller refreshes it.
+    pub fn serve_stale(mut self, yes: bool) -> Self {
+        self.serve_stale = yes;
+        self
+    }
+    /// How long to wait for another process's computation before computing here.
+    pub fn wait_timeout(mut self, d: Duration) -> Self {
+        self.wait_timeout = d;
+        self
+    }
+    /// What waiters do when the computation fails.
+    pub fn on_error(mut self, e: OnError) -> Self {
+        self.on_error = e;
+        self
+    }
+    /// Do not store encoded values larger than this (they are still returned).
+    pub fn max_size(mut self, bytes: usize) -> Self {
+        self.max_size = Some(bytes);
+        self
+    }
+    /// Compute without reading or writing the cache (and without a flight marker).
+    pub fn skip_cache(mut self, yes: bool) -> Self {
+        self.skip_cache = yes;
+        self
+    }
+    /// Compute even on a hit and overwrite the stored value.
+    pub fn overwrite(mut self, yes: bool) -> Self {
+        self.overwrite = yes;
+        self
+    }
+    /// Treat values older than this as missing, for this call.
+    pub fn max_age(mut self, d: Duration) -> Self {
+        self.max_age = Some(d);
+        self
+    }
+}
+
+/// Why `get_or_compute` failed: the caller's function, or the cache.
+#[derive(Debug, thiserror::Error)]
+pub enum ComputeError<E> {
+    /// The function returned this error (nothing was stored).
+    #[error("computation failed: {0}")]
+    Compute(E),
+    /// The cache failed, or another process's computation failed under
+    /// [`OnError::Propagate`].
+    #[error(transparent)]
+    Cache(#[from] Error),
+}
+
+impl<E> ComputeError<E> {
+    /// The cache error, if that is what this is.
+    pub fn cache_error(&self) -> Option<&Error> {
+        match self {
+            ComputeError::Cache(e) => Some(e),
+            ComputeError::Compute(_) => None,
+        }
+    }
+}
+
+/// Where a memoized result came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A fresh stored value.
+    Hit,
+    /// A stale stored value, served while someone else refreshes it.
+    Stale,
+    /// Computed by this caller.
+    Computed,
+    /// Computed by another process while this caller waited.
+    Waited,
+}
+
+enum Found {
+    Fresh(Vec<u8>),
+    Stale(Vec<u8>),
+    Missing,
+}
+
+fn encode_header(now_ns: u64) -> [u8; HEADER] {
+    (TAG | ((now_ns / 1000) & ((1 << 56) - 1))).to_le_bytes()
+}
+
+/// Splits a stored memo value into (computed at, ns; payload); `None` if it is not one.
+fn split(v: &[u8]) -> Option<(u64, &[u8])> {
+    let h = u64::from_le_bytes(v.get(..HEADER)?.try_into().ok()?);
+    (h >> 56 == TAG >> 56).then(|| ((h & ((1 << 56) - 1)) * 1000, &v[HEADER..]))
+}
+
+/// Releases the flight marker if the computing caller panics or returns early.
+struct Flight<'c> {
+    cache: &'c Cache,
+    slot: usize,
+    key: [u64; 2],
+    owner: crate::coord::Owner,
+    generation: u64,
+}
+
+impl Flight<'_> {
+    /// Turns the marker into a "failed" marker that lapses after [`FAILED_HOLD`].
+    fn fail(self) {
+        let at = monotonic_ns().saturating_add(FAILED_HOLD.as_nanos() as u64);
+        let (slot, token) = (self.slot, self.owner.token);
+        let marked = self.cache.with_coord(|v| match v.slot(slot).copied() {
+            Some(mut s) if s.owner_token == token && s.kind == slot_kind::FLIGHT => {
+                s.kind = slot_kind::FAILED;
+                s.expires_at = at;
+                v.reassign(slot, s);
+                self.cache.bump(slot);
+                true
+            }
+            _ => false,
+        });
+        if matches!(marked, Ok(true)) {
+            self.cache.wake(slot);
+            std::mem::forget(self);
+        }
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        if fork::generation() == self.generation {
+            let _ = self.cache.release_slot(
+                self.slot,
+                &[slot_kind::FLIGHT, slot_kind::FAILED],
+                self.key,
+                self.owner,
+            );
+        }
+    }
+}
+
+impl Cache {
+    fn memo_read(&self, key: &[u8], opts: &ComputeOptions, now: u64) -> Result<Found> {
+        let Some(v) = self.get(key)? else {
+            return Ok(Found::Missing);
+        };
+        let Some((at, _)) = split(&v) else {
+            return Ok(Found::Missing);
+        };
+        let age = Duration::from_nanos(now.saturating_sub(at));
+        let mut payload = v;
+        payload.drain(..HEADER);
+        if opts.max_age.is_some_and(|m| age > m) {
+            return Ok(Found::Missing);
+        }
+        if opts.stale_after.is_some_and(|s| age >= s) {
+            return Ok(Found::Stale(payload));
+        }
+        Ok(Found::Fresh(payload))
+    }
+
+    fn memo_store(&self, key: &[u8], payload: &[u8], opts: &ComputeOptions) {
+        if opts.max_size.is_some_and(|m| payload.len() > m) {
+            return;
+        }
+        let mut buf = Vec::with_capacity(HEADER + payload.len());
+        buf.extend_from_slice(&encode_header(monotonic_ns()));
+        buf.extend_from_slice(payload);
+        // A value that cannot be stored (too large, lock timeout) is still returned.
+        let _ = match opts.ttl {
+            Ttl::Default => self.set(key, &buf),
+            Ttl::Never => self.set_ttl(key, &buf, None),
+            Ttl::For(d) => self.set_ttl(key, &buf, Some(d)),
+        };
+    }
+
+    /// Stores `payload` as a memoized value computed now (used by `precache`).
+    pub(crate) fn memo_put(&self, key: &[u8], payload: &[u8], opts: &ComputeOptions) -> Result<()> {
+        self.check_key(key)?;
+        self.memo_store(key, payload, opts);
+        Ok(())
+    }
+
+    /// The shared core. `f` returns the result and, if it should be stored, its encoding;
+    /// `decode` turns a stored payload back into a result.
+    pub(crate) fn compute_core<T, E>(
+        &self,
+        key: &[u8],
+        group: u64,
+        opts: &ComputeOptions,
+        f: impl FnOnce() -> std::result::Result<(T, Option<Vec<u8>>), E>,
+        decode: impl Fn(Vec<u8>) -> Option<T>,
+    ) -> std::result::Result<(T, Source), ComputeError<E>> {
+        self.check_key(key)?;
+        if let Ttl::For(d) = opts.ttl {
+            if d.is_zero() {
+                return Err(Error::ZeroTtl.into());
+            }
+        }
+        if opts.skip_cache {
+            let (v, _) = f().map_err(ComputeError::Compute)?;
+            return Ok((v, Source::Computed));
+        }
+        let req = Request {
+            kind: slot_kind::FLIGHT,
+            holders: &[slot_kind::FLIGHT, slot_kind::FAILED],
+            key: self.coord_key("flight", key),
+            group,
+            capacity: 1,
+            expires: None,
+        };
+        let mut stale = None;
+        if !opts.overwrite {
+            match self.memo_read(key, opts, monotonic_ns())? {
+                Found::Fresh(p) => {
+                    if let Some(v) = decode(p) {
+                        return Ok((v, Source::Hit));
+                    }
+                }
+                Found::Stale(p) if opts.serve_stale => stale = Some(p),
+                _ => {}
+            }
+        }
+        if let Some(p) = stale {
+            // One caller refreshes (inline); everyone else is served the stale value.
+            match self.attempt(&req)? {
+                Attempt::Got(slot, owner) => {
+                    let flight = self.flight(slot, req.key, owner);
+                    return self.run_owner(key, opts, flight, f);
+                }
+                Attempt::Busy { .. } => {
+                    if let Some(v) = decode(p) {
+                        return Ok((v, Source::Stale));
+                    }
+                }
+            }
+            return Err(Error::Codec("stored value no longer decodes".into()).into());
+        }
+        let deadline = monotonic_ns().saturating_add(opts.wait_timeout.as_nanos() as u64);
+        let mut waited = false;
+        loop {
+            match self.attempt(&req)? {
+                Attempt::Got(slot, owner) => {
+                    let flight = self.flight(slot, req.key, owner);
+                    // Someone may have stored it between our miss and our acquisition.
+                    if !opts.overwrite {
+                        if let Found::Fresh(p) = self.memo_read(key, opts, monotonic_ns())? {
+                            if let Some(v) = decode(p) {
+                                drop(flight);
+                                return Ok((v, if waited { Source::Waited } else { Source::Hit }));
+                            }
+                        }
+                    }
+                    return self.run_owner(key, opts, flight, f);
+                }
+                Attempt::Busy {
+                    slot,
+                    kind,
+                    pid,
+                    seq,
+                    expires_at,
+                } => {
+                    if kind == slot_kind::FAILED {
+                        match opts.on_error {
+                            OnError::Propagate => {
+                                return Err(Error::ComputedElsewhereFailed { pid }.into())
+                            }
+                            OnError::Retry => {
+                                self.with_coord(|v| {
+                                    if v.slot(slot).is_some_and(|s| s.kind == slot_kind::FAILED) {
+                                        v.free(slot);
+                                        self.bump(slot);
+                                    }
+                                })?;
+                                continue;
+                            }
+                        }
+                    }
+                    // A dead owner is taken over now, not after a timeout.
+                    if self.reap(req.holders, req.key)? > 0 {
+                        continue;
+                    }
+                    if monotonic_ns() >= deadline {
+                        // Waited long enough: compute here, without the marker.
+                        let (v, bytes) = f().map_err(ComputeError::Compute)?;
+                        if let Some(b) = bytes {
+                            self.memo_store(key, &b, opts);
+                        }
+                        return Ok((v, Source::Computed));
+                    }
+                    waited = true;
+                    self.sleep_on(slot, seq, expires_at, deadline);
+                    if let Found::Fresh(p) = self.memo_read(key, opts, monotonic_ns())? {
+                        if let Some(v) = decode(p) {
+                            return Ok((v, Source::Waited));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn flight(&self, slot: usize, key: [u64; 2], owner: crate::coord::Owner) -> Flight<'_> {
+        Flight {
+            cache: self,
+            slot,
+            key,
+            owner,
+            generation: fork::generation(),
+        }
+    }
+
+    fn run_owner<T, E>(
+        &self,
+        key: &[u8],
+        opts: &ComputeOptions,
+        flight: Flight<'_>,
+        f: impl FnOnce() -> std::result::Result<(T, Option<Vec<u8>>), E>,
+    ) -> std::result::Result<(T, Source), ComputeError<E>> {
+        match f() {
+            Ok((v, bytes)) => {
+                if let Some(b) = bytes {
+                    self.memo_store(key, &b, opts);
+                }
+                drop(flight);
+                Ok((v, Source::Computed))
+            }
+            Err(e) => {
+                match opts.on_error {
+                    OnError::Propagate => flight.fail(),
+                    OnError::Retry => drop(flight),
+                }
+                Err(ComputeError::Compute(e))
+            }
+        }
+    }
+
+    /// The value of `key`, computing it with `f` on a miss. Across every process on the
+    /// machine at most one computation of a key runs at a time: other callers sleep until
+    /// the value lands (woken by a futex, not polling) and return it. If the computing
+    /// process dies, a waiter takes over within the liveness interval.
+    ///
+    /// Values stored here carry an 8-byte header (when they were computed); write such
+    /// keys only through `get_or_compute` or a [`Memo`]'s `precache`.
+    ///
+    /// ```no_run
+    /// # let cache = shmemcache::Cache::open("memo-doc")?;
+    /// use shmemcache::ComputeOptions;
+    /// let v = cache.get_or_compute(b"report:42", &ComputeOptions::new(), || {
+    ///     Ok::<_, std::io::Error>(b"expensive result".to_vec())
+    /// })?;
+    /// # let _ = v;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get_or_compute<E>(
+        &self,
+        key: &[u8],
+        opts: &ComputeOptions,
+        f: impl FnOnce() -> std::result::Result<Vec<u8>, E>,
+    ) -> std::result::Result<Vec<u8>, ComputeError<E>> {
+        self.compute_core(key, 0, opts, || f().map(|v| (v.clone(), Some(v))), Some)
+            .map(|(v, _)| v)
+    }
+
+    /// Frees every single-flight marker of `group` (a memo's namespace): cachier's
+    /// `clear_being_calculated`. Their waiters wake and one of them computes.
+    pub(crate) fn clear_flights(&self, group: u64) -> Result<u32> {
+        // Allocated before locking: nothing allocates under the coordination lock.
+        let mut freed = Vec::with_capacity(self.geom.coord.slots as usize);
+        let n = self.with_coord(|v| {
+            v.free_group(&[slot_kind::FLIGHT, slot_kind::FAILED], group, |i| {
+                self.bump(i);
+                freed.push(i);
+            })
+        })?;
+        for i in freed {
+            self.wake(i);
+        }
+        Ok(n)
+    }
+}
+
+/// Per-handle counters of a [`Memo`] (this process only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoStats {
+    /// Fresh values returned from the cache.
+    pub hits: u64,
+    /// Stale values returned while another caller refreshed.
+    pub stale: u64,
+    /// Results this process computed.
+    pub computed: u64,
+    /// Results another process computed while this one waited.
+    pub waited: u64,
+}
+
+/// A memoized function's handle: its own key namespace in a cache (cachier's per-function
+/// cache), its options, and `precache` / `reset` / `clear` / `clear_in_flight`.
+///
+/// Keys are the namespace followed by the codec's encoding of the arguments, so every
+/// process that encodes the same arguments the same way shares results. Pass arguments as
+/// a tuple in declaration order with defaults filled in.
+///
+/// ```no_run
+/// use shmemcache::{Cache, ComputeOptions, Memo};
+/// let cache = Cache::open("memo-handle-doc")?;
+/// let square: Memo<(u64,), u64> = Memo::new(&cache, "app::square");
+/// let v = square.call(&(12,), || 12 * 12)?;
+/// assert_eq!(v, 144);
+/// square.reset(&(12,))?;
+/// # Ok::<(), shmemcache::Error>(())
+/// ```
+pub struct Memo<'c, A: ?Sized, R, C: Codec = Postcard> {
+    cache: &'c Cache,
+    namespace: Vec<u8>,
+    group: u64,
+    opts: ComputeOptions,
+    dont_cache_if: Option<fn(&R) -> bool>,
+    codec: C,
+    hits: AtomicU64,
+    stale: AtomicU64,
+    computed: AtomicU64,
+    waited: AtomicU64,
+    _args: PhantomData<fn(&A) -> R>,
+}
+
+impl<'c, A: Serialize + ?Sized, R: Serialize + DeserializeOwned> Memo<'c, A, R, Postcard> {
+    /// A handle for the function named `namespace` (make it unique per function, and
+    /// change it when the function's meaning changes).
+    pub fn new(cache: &'c Cache, namespace: &str) -> Self {
+        Self::with_codec(cache, namespace, Postcard)
+    }
+}
+
+impl<'c, A: Serialize + ?Sized, R: Serialize + DeserializeOwned, C: Codec> Memo<'c, A, R, C> {
+    /// Like [`Memo::new`] with another codec.
+    pub fn with_codec(cache: &'c Cache, namespace: &str, codec: C) -> Self {
+        let mut ns = b"memo\0".to_vec();
+        ns.extend_from_slice(namespace.as_bytes());
+        ns.push(0);
+        let group = xxhash_rust::xxh3::xxh3_64(&ns) | 1;
+        Memo {
+            cache,
+            namespace: ns,
+            group,
+            opts: ComputeOptions::default(),
+            dont_cache_if: None,
+            codec,
+            hits: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
+            computed: AtomicU64::new(0),
+            waited: AtomicU64::new(0),
+            _args: PhantomData,
+        }
+    }
+
+    /// Options for every call (see [`ComputeOptions`]).
+    pub fn options(mut self, opts: ComputeOptions) -> Self {
+        self.opts = opts;
+        self
+    }
+
+    /// Results for which `pred` is true are returned but not stored (e.g. `Option::is_none`
+    /// to not cache negative results).
+    pub fn dont_cache_if(mut self, pred: fn(&R) -> bool) -> Self {
+        self.dont_cache_if = Some(pred);
+        self
+    }
+
+    /// The cache key of `args`.
+    pub fn key(&self, args: &A) -> Result<Vec<u8>> {
+        let mut k = self.namespace.clone();
+        k.extend_from_slice(&self.codec.encode(args)?);
+        Ok(k)
+    }
+
+    /// The memoized result for `args`, computing it with `f` on a miss (once across all
+    /// processes at a time), with this handle's options.
+    pub fn call(&self, args: &A, f: impl FnOnce() -> R) -> Result<R> {
+        self.try_call(args, || Ok::<R, std::convert::Infallible>(f()))
+            .map_err(|e| match e {
+                ComputeError::Cache(e) => e,
+                ComputeError::Compute(never) => match never {},
+            })
+    }
+
+    /// Like [`call`](Memo::call) for a fallible function: errors are returned and not stored.
+    pub fn try_call<E>(
+        &self,
+        args: &A,
+        f: impl FnOnce() -> std::result::Result<R, E>,
+    ) -> std::result::Result<R, ComputeError<E>> {
+        self.try_call_with(args, &self.opts, f)
+    }
+
+    /// Like [`try_call`](Memo::try_call) with options for this call only (skip or
+    /// overwrite the cache, a maximum age, ...).
+    pub fn try_call_with<E>(
+        &self,
+        args: &A,
+        opts: &ComputeOptions,
+        f: impl FnOnce() -> std::result::Result<R, E>,
+    ) -> std::result::Result<R, ComputeError<E>> {
+        let key = self.key(args)?;
+        let skip = self.dont_cache_if;
+        let codec = &self.codec;
+        let (v, src) = self.cache.compute_core(
+            &key,
+            self.group,
+            opts,
+            || {
+                let v = f()?;
+                let bytes = if skip.is_some_and(|p| p(&v)) {
+                    None
+                } else {
+                    codec.encode(&v).ok()
+                };
+                Ok((v, bytes))
+            },
+            |p| codec.decode(&p).ok(),
+        )?;
+        let counter = match src {
+            Source::Hit => &self.hits,
+            Source::Stale => &self.stale,
+            Source::Computed => &self.computed,
+            Source::Waited => &self.waited,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(v)
+    }
+
+    /// Stores `value` as the result for `args`, as if just computed.
+    pub fn precache(&self, args: &A, value: &R) -> Result<()> {
+        let key = self.key(args)?;
+        let bytes = self.codec.encode(value)?;
+        self.cache.memo_put(&key, &bytes, &self.opts)
+    }
+
+    /// Forgets the result for `args`; true if there was one.
+    pub fn reset(&self, args: &A) -> Result<bool> {
+        self.cache.delete(&self.key(args)?)
+    }
+
+    /// Forgets every result of this function; returns how many were removed.
+    pub fn clear(&self) -> Result<usize> {
+        let mut n = 0;
+        for k in self.cache.keys() {
+            let k = k?;
+            if k.starts_with(&self.namespace) && self.cache.delete(&k)? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Drops every in-flight marker of this function (cachier's `clear_being_calculated`):
+    /// callers waiting on them compute themselves. Returns how many were dropped.
+    pub fn clear_in_flight(&self) -> Result<u32> {
+        self.cache.clear_flights(self.group)
+    }
+
+    /// This process's counters for this handle.
+    pub fn stats(&self) -> MemoStats {
+        MemoStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            stale: self.stale.load(Ordering::Relaxed),
+            computed: self.computed.load(Ordering::Relaxed),
+            waited: self.waited.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The cache this handle uses.
+    pub fn cache(&self) -> &'c Cache {
+        self.cache
+    }
+}
