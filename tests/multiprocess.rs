@@ -4,85 +4,18 @@
 //! Each test forks; run them with a process-per-test runner (`cargo nextest`), as the
 //! project's test command does, so no other test thread is running at `fork()`.
 
-use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, ForkResult, Pid};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
 use shmemcache::fault::{self, FaultAction, FaultPoint};
 use shmemcache::{Cache, Error, Expiry, Options};
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
 use std::panic::AssertUnwindSafe;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// A unique segment name, unlinked when the test ends (even on failure).
-struct Name(String);
-
-impl Name {
-    fn new(tag: &str) -> Name {
-        Name(format!("shmc-test-{}-{tag}", std::process::id()))
-    }
-}
-
-impl Drop for Name {
-    fn drop(&mut self) {
-        let _ = Cache::unlink(&self.0);
-    }
-}
-
-impl std::ops::Deref for Name {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-/// Forks; the child runs `f` and exits with its code (101 if it panicked).
-fn spawn(f: impl FnOnce() -> i32) -> Pid {
-    // SAFETY: tests run one per process (nextest), so the child is the only thread's copy;
-    // it runs `f` and leaves with `_exit`, never returning into the test harness.
-    match unsafe { fork() }.expect("fork") {
-        ForkResult::Child => {
-            let code = std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or(101);
-            // SAFETY: `_exit` skips atexit handlers and destructors of the parent's state.
-            unsafe { libc::_exit(code) }
-        }
-        ForkResult::Parent { child } => child,
-    }
-}
-
-fn exit_code(pid: Pid) -> i32 {
-    match waitpid(pid, None).expect("waitpid") {
-        WaitStatus::Exited(_, code) => code,
-        other => panic!("child ended with {other:?}"),
-    }
-}
-
-fn assert_exits_ok(pid: Pid) {
-    assert_eq!(exit_code(pid), 0, "child {pid} failed");
-}
-
-/// Waits until `pid` has stopped itself (SIGSTOP from an armed fault).
-fn wait_stopped(pid: Pid) {
-    match waitpid(pid, Some(WaitPidFlag::WUNTRACED)).expect("waitpid") {
-        WaitStatus::Stopped(_, Signal::SIGSTOP) => {}
-        other => panic!("expected the child to stop, got {other:?}"),
-    }
-}
-
-fn kill9(pid: Pid) {
-    kill(pid, Signal::SIGKILL).expect("kill -9");
-    match waitpid(pid, None).expect("waitpid") {
-        WaitStatus::Signaled(_, Signal::SIGKILL, _) => {}
-        other => panic!("expected SIGKILL death, got {other:?}"),
-    }
-}
-
-fn pipe() -> (std::fs::File, std::fs::File) {
-    let (r, w) = nix::unistd::pipe().expect("pipe");
-    let f = |fd: OwnedFd| std::fs::File::from(fd);
-    (f(r), f(w))
-}
+mod common;
+use common::*;
 
 fn small(shards: u32) -> Options {
     Options::new()
