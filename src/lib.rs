@@ -51,5 +51,8 @@ pub use cache::{
 pub use error::{Error, Result};
 pub use memo::{ComputeError, ComputeOptions, Memo, MemoStats, OnError, Source, Ttl};
 pub use name::{validate_name, MAX_NAME_LEN};
+/// Memoizes a free function across processes; see [`Memo`] for the semantics.
+#[cfg(feature = "macros")]
+pub use shmemcache_macros::memoize;
 pub use sync::{LockGuard, OnceBusy, Pool};
 pub use typed::{Codec, Postcard, Typed};

@@ -497,18 +497,19 @@ pub struct MemoStats {
 ///
 /// Keys are the namespace followed by the codec's encoding of the arguments, so every
 /// process that encodes the same arguments the same way shares results. Pass arguments as
-/// a tuple in declaration order with defaults filled in.
+/// a tuple in declaration order with defaults filled in (what `#[memoize]` does), and use
+/// the same argument types everywhere: the key is their encoding.
 ///
 /// ```no_run
 /// use shmemcache::{Cache, ComputeOptions, Memo};
 /// let cache = Cache::open("memo-handle-doc")?;
-/// let square: Memo<(u64,), u64> = Memo::new(&cache, "app::square");
+/// let square: Memo<u64> = Memo::new(&cache, "app::square");
 /// let v = square.call(&(12,), || 12 * 12)?;
 /// assert_eq!(v, 144);
 /// square.reset(&(12,))?;
 /// # Ok::<(), shmemcache::Error>(())
 /// ```
-pub struct Memo<'c, A: ?Sized, R, C: Codec = Postcard> {
+pub struct Memo<'c, R, C: Codec = Postcard> {
     cache: &'c Cache,
     namespace: Vec<u8>,
     group: u64,
@@ -519,10 +520,10 @@ pub struct Memo<'c, A: ?Sized, R, C: Codec = Postcard> {
     stale: AtomicU64,
     computed: AtomicU64,
     waited: AtomicU64,
-    _args: PhantomData<fn(&A) -> R>,
+    _result: PhantomData<fn() -> R>,
 }
 
-impl<'c, A: Serialize + ?Sized, R: Serialize + DeserializeOwned> Memo<'c, A, R, Postcard> {
+impl<'c, R: Serialize + DeserializeOwned> Memo<'c, R, Postcard> {
     /// A handle for the function named `namespace` (make it unique per function, and
     /// change it when the function's meaning changes).
     pub fn new(cache: &'c Cache, namespace: &str) -> Self {
@@ -530,7 +531,7 @@ impl<'c, A: Serialize + ?Sized, R: Serialize + DeserializeOwned> Memo<'c, A, R, 
     }
 }
 
-impl<'c, A: Serialize + ?Sized, R: Serialize + DeserializeOwned, C: Codec> Memo<'c, A, R, C> {
+impl<'c, R: Serialize + DeserializeOwned, C: Codec> Memo<'c, R, C> {
     /// Like [`Memo::new`] with another codec.
     pub fn with_codec(cache: &'c Cache, namespace: &str, codec: C) -> Self {
         let mut ns = b"memo\0".to_vec();
@@ -548,7 +549,7 @@ impl<'c, A: Serialize + ?Sized, R: Serialize + DeserializeOwned, C: Codec> Memo<
             stale: AtomicU64::new(0),
             computed: AtomicU64::new(0),
             waited: AtomicU64::new(0),
-            _args: PhantomData,
+            _result: PhantomData,
         }
     }
 
@@ -566,7 +567,7 @@ impl<'c, A: Serialize + ?Sized, R: Serialize + DeserializeOwned, C: Codec> Memo<
     }
 
     /// The cache key of `args`.
-    pub fn key(&self, args: &A) -> Result<Vec<u8>> {
+    pub fn key<A: Serialize + ?Sized>(&self, args: &A) -> Result<Vec<u8>> {
         let mut k = self.namespace.clone();
         k.extend_from_slice(&self.codec.encode(args)?);
         Ok(k)
@@ -574,7 +575,7 @@ impl<'c, A: Serialize + ?Sized, R: Serialize + DeserializeOwned, C: Codec> Memo<
 
     /// The memoized result for `args`, computing it with `f` on a miss (once across all
     /// processes at a time), with this handle's options.
-    pub fn call(&self, args: &A, f: impl FnOnce() -> R) -> Result<R> {
+    pub fn call<A: Serialize + ?Sized>(&self, args: &A, f: impl FnOnce() -> R) -> Result<R> {
         self.try_call(args, || Ok::<R, std::convert::Infallible>(f()))
             .map_err(|e| match e {
                 ComputeError::Cache(e) => e,
@@ -583,7 +584,7 @@ impl<'c, A: Serialize + ?Sized, R: Serialize + DeserializeOwned, C: Codec> Memo<
     }
 
     /// Like [`call`](Memo::call) for a fallible function: errors are returned and not stored.
-    pub fn try_call<E>(
+    pub fn try_call<A: Serialize + ?Sized, E>(
         &self,
         args: &A,
         f: impl FnOnce() -> std::result::Result<R, E>,
@@ -593,7 +594,7 @@ impl<'c, A: Serialize + ?Sized, R: Serialize + DeserializeOwned, C: Codec> Memo<
 
     /// Like [`try_call`](Memo::try_call) with options for this call only (skip or
     /// overwrite the cache, a maximum age, ...).
-    pub fn try_call_with<E>(
+    pub fn try_call_with<A: Serialize + ?Sized, E>(
         &self,
         args: &A,
         opts: &ComputeOptions,
@@ -628,14 +629,14 @@ impl<'c, A: Serialize + ?Sized, R: Serialize + DeserializeOwned, C: Codec> Memo<
     }
 
     /// Stores `value` as the result for `args`, as if just computed.
-    pub fn precache(&self, args: &A, value: &R) -> Result<()> {
+    pub fn precache<A: Serialize + ?Sized>(&self, args: &A, value: &R) -> Result<()> {
         let key = self.key(args)?;
         let bytes = self.codec.encode(value)?;
         self.cache.memo_put(&key, &bytes, &self.opts)
     }
 
     /// Forgets the result for `args`; true if there was one.
-    pub fn reset(&self, args: &A) -> Result<bool> {
+    pub fn reset<A: Serialize + ?Sized>(&self, args: &A) -> Result<bool> {
         self.cache.delete(&self.key(args)?)
     }
 

@@ -503,11 +503,11 @@ fn pool_slot_of_a_killed_holder_is_reclaimed() {
 fn memo_handle_shares_results_between_processes() {
     let name = Name::new("memo");
     let cache = open(&name);
-    let square: Memo<(u64,), u64> = Memo::new(&cache, "tests::square");
+    let square: Memo<u64> = Memo::new(&cache, "tests::square");
     let n = name.0.clone();
     let child = spawn(move || {
         let c = open(&n);
-        let m: Memo<(u64,), u64> = Memo::new(&c, "tests::square");
+        let m: Memo<u64> = Memo::new(&c, "tests::square");
         i32::from(m.call(&(7,), || 49).unwrap() != 49)
     });
     assert_exits_ok(child);
@@ -517,7 +517,7 @@ fn memo_handle_shares_results_between_processes() {
     assert_eq!(square.call(&(8,), || 64).unwrap(), 1000);
     assert!(square.reset(&(8,)).unwrap());
     assert_eq!(square.call(&(8,), || 64).unwrap(), 64);
-    let other: Memo<(u64,), u64> = Memo::new(&cache, "tests::other");
+    let other: Memo<u64> = Memo::new(&cache, "tests::other");
     other.call(&(1,), || 1).unwrap();
     assert_eq!(square.clear().unwrap(), 2);
     assert_eq!(
@@ -536,7 +536,7 @@ fn clear_in_flight_lets_waiters_compute() {
     let stuck = spawn(move || {
         let c = open(&n);
         let mut started_w = started_w;
-        let m: Memo<(u32,), String> = Memo::new(&c, "tests::slow");
+        let m: Memo<String> = Memo::new(&c, "tests::slow");
         let _ = m.call(&(1,), || {
             started_w.write_all(&[1]).unwrap();
             std::thread::sleep(Duration::from_secs(3600));
@@ -545,7 +545,7 @@ fn clear_in_flight_lets_waiters_compute() {
         0
     });
     wait_byte(&mut started_r);
-    let m: Memo<(u32,), String> = Memo::new(&cache, "tests::slow");
+    let m: Memo<String> = Memo::new(&cache, "tests::slow");
     assert_eq!(m.clear_in_flight().unwrap(), 1);
     let t = Instant::now();
     assert_eq!(m.call(&(1,), || "here".to_string()).unwrap(), "here");
