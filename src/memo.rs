@@ -4,7 +4,7 @@
 //! A miss takes the key's flight marker in the coordination table (owner pid + start time +
 //! token). Other callers sleep on the marker's futex word and are woken when the value
 //! lands; if the owner dies they notice within the liveness interval and one of them takes
-//! over. Values written here carry an 8-byte header holding when they were computed, which
+//! over. Values written here carry an 8-byte trailer holding when they were computed, which
 //! is what `stale_after` and `max_age` compare against.
 
 use crate::cache::Cache;
@@ -20,10 +20,11 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Tag in the top byte of a memo value's header; the low 56 bits are the computation time
-/// in µs on `CLOCK_MONOTONIC`.
+/// Tag in the top byte of a memo value's trailer; the low 56 bits are the computation time
+/// in µs on `CLOCK_MONOTONIC`. A trailer, not a header, so a hit returns the payload by
+/// truncating, without moving it.
 const TAG: u64 = 0xC5 << 56;
-const HEADER: usize = 8;
+const TRAILER: usize = 8;
 /// How long a failed computation stays visible to callers that asked to be told.
 const FAILED_HOLD: Duration = Duration::from_millis(100);
 
@@ -184,14 +185,15 @@ enum Found {
     Missing,
 }
 
-fn encode_header(now_ns: u64) -> [u8; HEADER] {
+fn encode_trailer(now_ns: u64) -> [u8; TRAILER] {
     (TAG | ((now_ns / 1000) & ((1 << 56) - 1))).to_le_bytes()
 }
 
-/// Splits a stored memo value into (computed at, ns; payload); `None` if it is not one.
-fn split(v: &[u8]) -> Option<(u64, &[u8])> {
-    let h = u64::from_le_bytes(v.get(..HEADER)?.try_into().ok()?);
-    (h >> 56 == TAG >> 56).then(|| ((h & ((1 << 56) - 1)) * 1000, &v[HEADER..]))
+/// When a stored memo value was computed (ns), or `None` if it is not a memo value.
+fn computed_at(v: &[u8]) -> Option<u64> {
+    let at = v.len().checked_sub(TRAILER)?;
+    let t = u64::from_le_bytes(v.get(at..)?.try_into().ok()?);
+    (t >> 56 == TAG >> 56).then_some((t & ((1 << 56) - 1)) * 1000)
 }
 
 /// Releases the flight marker if the computing caller panics or returns early.
@@ -239,32 +241,35 @@ impl Drop for Flight<'_> {
 }
 
 impl Cache {
-    fn memo_read(&self, key: &[u8], opts: &ComputeOptions, now: u64) -> Result<Found> {
-        let Some(v) = self.get(key)? else {
+    fn memo_read(&self, key: &[u8], opts: &ComputeOptions) -> Result<Found> {
+        let Some(mut v) = self.get(key)? else {
             return Ok(Found::Missing);
         };
-        let Some((at, _)) = split(&v) else {
+        let Some(at) = computed_at(&v) else {
             return Ok(Found::Missing);
         };
-        let age = Duration::from_nanos(now.saturating_sub(at));
-        let mut payload = v;
-        payload.drain(..HEADER);
+        v.truncate(v.len() - TRAILER);
+        // The clock is read only when an age limit asks for it.
+        if opts.max_age.is_none() && opts.stale_after.is_none() {
+            return Ok(Found::Fresh(v));
+        }
+        let age = Duration::from_nanos(monotonic_ns().saturating_sub(at));
         if opts.max_age.is_some_and(|m| age > m) {
             return Ok(Found::Missing);
         }
         if opts.stale_after.is_some_and(|s| age >= s) {
-            return Ok(Found::Stale(payload));
+            return Ok(Found::Stale(v));
         }
-        Ok(Found::Fresh(payload))
+        Ok(Found::Fresh(v))
     }
 
     fn memo_store(&self, key: &[u8], payload: &[u8], opts: &ComputeOptions) {
         if opts.max_size.is_some_and(|m| payload.len() > m) {
             return;
         }
-        let mut buf = Vec::with_capacity(HEADER + payload.len());
-        buf.extend_from_slice(&encode_header(monotonic_ns()));
+        let mut buf = Vec::with_capacity(payload.len() + TRAILER);
         buf.extend_from_slice(payload);
+        buf.extend_from_slice(&encode_trailer(monotonic_ns()));
         // A value that cannot be stored (too large, lock timeout) is still returned.
         let _ = match opts.ttl {
             Ttl::Default => self.set(key, &buf),
@@ -290,27 +295,19 @@ impl Cache {
         f: impl FnOnce() -> std::result::Result<(T, Option<Vec<u8>>), E>,
         decode: impl Fn(Vec<u8>) -> Option<T>,
     ) -> std::result::Result<(T, Source), ComputeError<E>> {
-        self.check_key(key)?;
         if let Ttl::For(d) = opts.ttl {
             if d.is_zero() {
                 return Err(Error::ZeroTtl.into());
             }
         }
         if opts.skip_cache {
+            self.check_key(key)?;
             let (v, _) = f().map_err(ComputeError::Compute)?;
             return Ok((v, Source::Computed));
         }
-        let req = Request {
-            kind: slot_kind::FLIGHT,
-            holders: &[slot_kind::FLIGHT, slot_kind::FAILED],
-            key: self.coord_key("flight", key),
-            group,
-            capacity: 1,
-            expires: None,
-        };
         let mut stale = None;
         if !opts.overwrite {
-            match self.memo_read(key, opts, monotonic_ns())? {
+            match self.memo_read(key, opts)? {
                 Found::Fresh(p) => {
                     if let Some(v) = decode(p) {
                         return Ok((v, Source::Hit));
@@ -320,6 +317,15 @@ impl Cache {
                 _ => {}
             }
         }
+        // Only a miss or a stale hit needs the marker, so a fresh hit never hashes its key.
+        let req = Request {
+            kind: slot_kind::FLIGHT,
+            holders: &[slot_kind::FLIGHT, slot_kind::FAILED],
+            key: self.coord_key("flight", key),
+            group,
+            capacity: 1,
+            expires: None,
+        };
         if let Some(p) = stale {
             // One caller refreshes (inline); everyone else is served the stale value.
             match self.attempt(&req)? {
@@ -343,7 +349,7 @@ impl Cache {
                     let flight = self.flight(slot, req.key, owner);
                     // Someone may have stored it between our miss and our acquisition.
                     if !opts.overwrite {
-                        if let Found::Fresh(p) = self.memo_read(key, opts, monotonic_ns())? {
+                        if let Found::Fresh(p) = self.memo_read(key, opts)? {
                             if let Some(v) = decode(p) {
                                 drop(flight);
                                 return Ok((v, if waited { Source::Waited } else { Source::Hit }));
@@ -389,7 +395,7 @@ impl Cache {
                     }
                     waited = true;
                     self.sleep_on(slot, seq, expires_at, deadline);
-                    if let Found::Fresh(p) = self.memo_read(key, opts, monotonic_ns())? {
+                    if let Found::Fresh(p) = self.memo_read(key, opts)? {
                         if let Some(v) = decode(p) {
                             return Ok((v, Source::Waited));
                         }
@@ -439,7 +445,7 @@ impl Cache {
     /// the value lands (woken by a futex, not polling) and return it. If the computing
     /// process dies, a waiter takes over within the liveness interval.
     ///
-    /// Values stored here carry an 8-byte header (when they were computed); write such
+    /// Values stored here carry an 8-byte trailer (when they were computed); write such
     /// keys only through `get_or_compute` or a [`Memo`]'s `precache`.
     ///
     /// ```no_run

@@ -18,6 +18,10 @@ use crate::sys::{fork, futex};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// Top bit of a wake word: a process may be asleep on it, so a change must be followed by
+/// a futex wake.
+const SLEEPERS: u32 = 1 << 31;
+
 /// A fresh token for one acquisition: unique within the process (a counter) and across
 /// processes (mixed with the pid, start time and fork generation).
 pub(crate) fn new_token() -> u64 {
@@ -128,16 +132,23 @@ impl Cache {
     }
 
     /// Bumps slot `i`'s futex word (under the coordination lock) so sleepers see a change.
+    /// The low 31 bits count changes; the top bit says someone may be asleep on it.
     pub(crate) fn bump(&self, i: usize) {
         if let Some(w) = self.seg.wake_word(i) {
-            w.fetch_add(1, Ordering::Release);
+            let _ = w.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some((v.wrapping_add(1) & !SLEEPERS) | (v & SLEEPERS))
+            });
         }
     }
 
-    /// Wakes every sleeper on slot `i` (after the coordination lock is released).
+    /// Wakes every sleeper on slot `i` (after the coordination lock is released); no
+    /// syscall when nobody announced sleeping.
     pub(crate) fn wake(&self, i: usize) {
         if let Some(w) = self.seg.wake_word(i) {
-            futex::wake_all(w);
+            if w.load(Ordering::Acquire) & SLEEPERS != 0 {
+                w.fetch_and(!SLEEPERS, Ordering::AcqRel);
+                futex::wake_all(w);
+            }
         }
     }
 
@@ -263,7 +274,11 @@ impl Cache {
             return;
         }
         if let Some(w) = self.seg.wake_word(i) {
-            futex::wait(w, seq, Duration::from_nanos(until - now));
+            // Announce the sleep, then sleep only if nothing changed since `seq` was read.
+            let cur = w.fetch_or(SLEEPERS, Ordering::AcqRel);
+            if cur & !SLEEPERS == seq & !SLEEPERS {
+                futex::wait(w, cur | SLEEPERS, Duration::from_nanos(until - now));
+            }
         }
     }
 
@@ -551,15 +566,21 @@ impl<'c> LockGuard<'c> {
             return Ok(());
         }
         let now = monotonic_ns();
-        // An expired hold is no longer ours even if nobody took it yet.
-        let expired = self.cache.with_coord(|v| {
-            v.slot(self.slot).is_some_and(|s| {
-                s.owner_token == self.owner.token && s.expires_at != 0 && now >= s.expires_at
-            })
+        let (slot, kind, key, owner) = (self.slot, self.kind, self.key, self.owner);
+        // One lock hold: an expired hold is no longer ours even if nobody took it yet.
+        let (freed, expired) = self.cache.with_coord(|v| {
+            let expired = v
+                .slot(slot)
+                .is_some_and(|s| s.expires_at != 0 && now >= s.expires_at);
+            let freed = v.release(slot, &[kind], key, owner);
+            if freed {
+                self.cache.bump(slot);
+            }
+            (freed, expired)
         })?;
-        let freed = self
-            .cache
-            .release_slot(self.slot, &[self.kind], self.key, self.owner)?;
+        if freed {
+            self.cache.wake(slot);
+        }
         if freed && !expired {
             Ok(())
         } else {
