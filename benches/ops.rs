@@ -1,9 +1,10 @@
 //! Single-process cost of the basic operations on a real segment: get hit, get miss and
-//! set at 100 B and 4 KiB values. Multi-process throughput against the floor is the
-//! `throughput` example.
+//! set at 100 B and 4 KiB values; a `get_or_compute` hit next to a plain get; uncontended
+//! lock + release. Multi-process throughput against the floor is the `throughput` example;
+//! waiter wake-up latency is the `coordination` example.
 
 use criterion::{criterion_main, BenchmarkId, Criterion, Throughput};
-use shmemcache::{Cache, Options};
+use shmemcache::{Cache, ComputeOptions, Options};
 
 fn open(name: &str) -> Cache {
     let _ = Cache::unlink(name);
@@ -21,13 +22,13 @@ fn ops(c: &mut Criterion) {
         .map(|i| format!("key:{i:08}").into_bytes())
         .collect();
     let mut g = c.benchmark_group("ops");
+    let mut i = 0usize;
     for size in [100usize, 4096] {
         let value = vec![7u8; size];
         for k in &keys {
             cache.set(k, &value).unwrap();
         }
         let mut buf = vec![0u8; size];
-        let mut i = 0usize;
         g.throughput(Throughput::Elements(1));
         g.bench_function(BenchmarkId::new("get_hit_into", size), |b| {
             b.iter(|| {
@@ -51,6 +52,28 @@ fn ops(c: &mut Criterion) {
             })
         });
     }
+    let value = vec![7u8; 100];
+    let opts = ComputeOptions::new();
+    for k in &keys {
+        cache.delete(k).unwrap();
+        cache
+            .get_or_compute(k, &opts, || Ok::<_, std::io::Error>(value.clone()))
+            .unwrap();
+    }
+    g.bench_function(BenchmarkId::new("get_or_compute_hit", 100), |b| {
+        b.iter(|| {
+            i = (i + 7919) % keys.len();
+            cache
+                .get_or_compute(&keys[i], &opts, || Err::<Vec<u8>, _>("hit expected"))
+                .unwrap()
+        })
+    });
+    g.bench_function("lock_release_uncontended", |b| {
+        b.iter(|| {
+            let guard = cache.try_lock("bench", None).unwrap().unwrap();
+            guard.release().unwrap()
+        })
+    });
     g.finish();
     drop(cache);
     let _ = Cache::unlink(&name);
