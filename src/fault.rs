@@ -14,6 +14,8 @@ pub enum FaultPoint {
     /// Inside a store, after the entry is marked as being rewritten and its data written,
     /// before it is linked and marked live.
     StoreMidWrite = 2,
+    /// Right after the coordination table's lock is taken and the table marked dirty.
+    CoordHeld = 3,
 }
 
 /// What happens at an armed point.

@@ -54,5 +54,5 @@ pub use name::{validate_name, MAX_NAME_LEN};
 /// Memoizes a free function across processes; see [`Memo`] for the semantics.
 #[cfg(feature = "macros")]
 pub use shmemcache_macros::memoize;
-pub use sync::{LockGuard, OnceBusy, Pool};
+pub use sync::{CoordStats, LockGuard, OnceBusy, Pool};
 pub use typed::{Codec, Postcard, Typed};

@@ -12,6 +12,7 @@ use crate::cache::Cache;
 use crate::clock::monotonic_ns;
 use crate::coord::{CoordView, Owner};
 use crate::error::{Error, Result};
+use crate::fault::{self, FaultPoint};
 use crate::layout::{slot_kind, CoordSlot};
 use crate::sys::process::{self, ProcessId};
 use crate::sys::{fork, futex};
@@ -93,20 +94,27 @@ impl Cache {
             })?;
         let died = guard.owner_died();
         let slots = self.geom.coord.slots;
-        let mut view =
-            CoordView::new(guard.region(), slots).map_err(|reason| Error::Corrupted {
-                name: self.name().to_string(),
-                reason: reason.to_string(),
-            })?;
-        if died || view.meta.dirty != 0 {
-            view.meta.dirty = 1;
-            view.repair();
-            view.meta.recoveries += 1;
-        }
-        view.meta.dirty = 1;
-        let r = f(&mut view);
-        view.meta.dirty = 0;
-        Ok(r)
+        let r = match CoordView::new(guard.region(), slots) {
+            Ok(mut view) => {
+                if died || view.meta.dirty != 0 {
+                    view.meta.dirty = 1;
+                    view.repair();
+                    view.meta.recoveries += 1;
+                }
+                view.meta.dirty = 1;
+                fault::hit(FaultPoint::CoordHeld);
+                let r = f(&mut view);
+                view.meta.dirty = 0;
+                Ok(r)
+            }
+            Err(reason) => Err(reason),
+        };
+        // The error message is built after unlocking: nothing allocates under the lock.
+        drop(guard);
+        r.map_err(|reason| Error::Corrupted {
+            name: self.name().to_string(),
+            reason: reason.to_string(),
+        })
     }
 
     /// The coordination table's invariant check, without repairing.
@@ -126,9 +134,15 @@ impl Cache {
         })
     }
 
-    /// Coordination slots in use now: in-flight computations, held locks and pool slots.
-    pub fn coordination_in_use(&self) -> Result<usize> {
-        self.with_coord(|v| v.used())
+    /// The coordination table's state: slots in use (in-flight computations, held locks
+    /// and pool slots), capacity, repairs and reclaimed holds.
+    pub fn coordination_stats(&self) -> Result<CoordStats> {
+        self.with_coord(|v| CoordStats {
+            in_use: v.used(),
+            slots: self.geom.coord.slots,
+            recoveries: v.meta.recoveries,
+            reclaimed: v.meta.reclaimed,
+        })
     }
 
     /// Bumps slot `i`'s futex word (under the coordination lock) so sleepers see a change.
@@ -472,6 +486,19 @@ impl Cache {
             max_size,
         })
     }
+}
+
+/// See [`Cache::coordination_stats`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CoordStats {
+    /// Slots held now.
+    pub in_use: usize,
+    /// Slots in the segment.
+    pub slots: u32,
+    /// Times the table was repaired after a holder died or panicked while updating it.
+    pub recoveries: u64,
+    /// Holds freed because their process died or their hold expired.
+    pub reclaimed: u64,
 }
 
 /// Names of locks, pools and `once` bodies: 1 to 256 bytes.

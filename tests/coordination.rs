@@ -73,7 +73,7 @@ fn eight_processes_compute_a_missing_key_once_and_all_get_it() {
     );
     drop(go_r.read(&mut [0; 0]));
     assert_eq!(
-        cache.coordination_in_use().unwrap(),
+        cache.coordination_stats().unwrap().in_use,
         0,
         "the marker was released"
     );

@@ -218,6 +218,37 @@ fn kill_holder_inside_critical_section(point: FaultPoint, tag: &str) {
 }
 
 #[test]
+fn kill9_inside_the_coordination_table_is_recovered() {
+    let name = Name::new("coordkill");
+    let cache = small(1).create(&name).unwrap();
+    let held = cache.try_lock("kept", None).unwrap().unwrap();
+    let n = name.0.clone();
+    let kid = spawn(move || {
+        let c = small(1).open_existing(&n).unwrap();
+        fault::arm(FaultPoint::CoordHeld, FaultAction::Stop);
+        // Stops holding the coordination lock; only SIGKILL ends it.
+        let _ = c.try_lock("other", None);
+        3
+    });
+    wait_stopped(kid);
+    kill9(kid);
+    let t = Instant::now();
+    let g = cache.try_lock("other", None).unwrap();
+    let took = t.elapsed();
+    assert!(took < Duration::from_millis(100), "took {took:?}");
+    assert!(g.is_some());
+    let st = cache.coordination_stats().unwrap();
+    assert_eq!(st.recoveries, 1);
+    assert_eq!(st.in_use, 2, "the surviving lock and the new one");
+    assert!(
+        cache.is_locked("kept").unwrap(),
+        "holds outside the interruption survive"
+    );
+    assert!(cache.check().unwrap().is_healthy());
+    held.release().unwrap();
+}
+
+#[test]
 fn kill9_of_holder_mid_store_is_recovered() {
     kill_holder_inside_critical_section(FaultPoint::StoreMidWrite, "kill-mid");
 }
