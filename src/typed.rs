@@ -3,6 +3,7 @@
 
 use crate::cache::{Cache, SetOutcome};
 use crate::error::{Error, Result};
+use crate::memo::{ComputeError, ComputeOptions};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::marker::PhantomData;
@@ -105,5 +106,29 @@ impl<K: Serialize + ?Sized, V: Serialize + DeserializeOwned, C: Codec> Typed<'_,
     /// True if `key` is present.
     pub fn contains(&self, key: &K) -> Result<bool> {
         self.cache.contains(&self.codec.encode(key)?)
+    }
+    /// The decoded value of `key`, computed by `f` on a miss with the same single-flight
+    /// semantics as [`Cache::get_or_compute`]. Encoding and decoding happen outside locks.
+    pub fn get_or_compute<E>(
+        &self,
+        key: &K,
+        opts: &ComputeOptions,
+        f: impl FnOnce() -> std::result::Result<V, E>,
+    ) -> std::result::Result<V, ComputeError<E>> {
+        let k = self.codec.encode(key)?;
+        let codec = &self.codec;
+        self.cache
+            .compute_core(
+                &k,
+                0,
+                opts,
+                || {
+                    let v = f()?;
+                    let bytes = codec.encode(&v).ok();
+                    Ok((v, bytes))
+                },
+                |p| codec.decode(&p).ok(),
+            )
+            .map(|(v, _)| v)
     }
 }

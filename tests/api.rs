@@ -1,6 +1,6 @@
 //! The `Cache` API on a real segment, one process: semantics of every operation.
 
-use shmemcache::{Cache, Error, Expiry, Options};
+use shmemcache::{Cache, ComputeError, ComputeOptions, Error, Expiry, Options, Ttl};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -194,4 +194,105 @@ fn bad_options_are_clear_errors() {
         }
     }
     assert!(!std::path::Path::new(&format!("/dev/shm/{name}")).exists());
+}
+
+#[test]
+fn get_or_compute_options_per_call() {
+    let s = seg("memoopts", opts());
+    let c = &s.0;
+    let typed = c.typed::<str, Vec<u32>>();
+    let calls = std::cell::Cell::new(0);
+    let f = || {
+        calls.set(calls.get() + 1);
+        Ok::<_, std::io::Error>(vec![calls.get()])
+    };
+    let o = ComputeOptions::new();
+    assert_eq!(typed.get_or_compute("k", &o, f).unwrap(), vec![1]);
+    assert_eq!(typed.get_or_compute("k", &o, f).unwrap(), vec![1], "hit");
+    let skip = ComputeOptions::new().skip_cache(true);
+    assert_eq!(typed.get_or_compute("k", &skip, f).unwrap(), vec![2]);
+    assert_eq!(
+        typed.get_or_compute("k", &o, f).unwrap(),
+        vec![1],
+        "skip did not store"
+    );
+    let over = ComputeOptions::new().overwrite(true);
+    assert_eq!(typed.get_or_compute("k", &over, f).unwrap(), vec![3]);
+    assert_eq!(
+        typed.get_or_compute("k", &o, f).unwrap(),
+        vec![3],
+        "overwrite stored"
+    );
+    std::thread::sleep(Duration::from_millis(20));
+    let young = ComputeOptions::new().max_age(Duration::from_millis(10));
+    assert_eq!(
+        typed.get_or_compute("k", &young, f).unwrap(),
+        vec![4],
+        "too old"
+    );
+    let tiny = ComputeOptions::new().max_size(1); // postcard: 2 bytes for a one-element vec
+    assert_eq!(typed.get_or_compute("big", &tiny, f).unwrap(), vec![5]);
+    assert_eq!(
+        typed.get_or_compute("big", &tiny, f).unwrap(),
+        vec![6],
+        "not stored"
+    );
+    let zero = ComputeOptions::new().ttl(Ttl::For(Duration::ZERO));
+    assert!(matches!(
+        typed.get_or_compute("z", &zero, f),
+        Err(ComputeError::Cache(Error::ZeroTtl))
+    ));
+    let short = ComputeOptions::new().ttl(Ttl::For(Duration::from_millis(30)));
+    assert_eq!(typed.get_or_compute("t", &short, f).unwrap(), vec![7]);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        typed.get_or_compute("t", &short, f).unwrap(),
+        vec![8],
+        "expired"
+    );
+    let err = typed.get_or_compute("e", &o, || Err::<Vec<u32>, _>(std::io::Error::other("no")));
+    assert!(matches!(err, Err(ComputeError::Compute(_))));
+    assert!(!typed.contains("e").unwrap(), "errors are not stored");
+    let long_key = vec![b'x'; 5000];
+    assert!(matches!(
+        c.get_or_compute(&long_key, &o, || Ok::<_, std::io::Error>(vec![])),
+        Err(ComputeError::Cache(Error::KeyTooLarge { .. }))
+    ));
+    assert_eq!(c.coordination_stats().unwrap().in_use, 0);
+}
+
+#[test]
+fn lock_and_pool_arguments_are_checked() {
+    let s = seg("lockargs", opts());
+    let c = &s.0;
+    assert!(matches!(
+        c.try_lock("", None),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        c.try_lock("x", Some(Duration::ZERO)),
+        Err(Error::ZeroTtl)
+    ));
+    assert!(matches!(c.pool("p", 0), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        c.pool("p", 1 << 30),
+        Err(Error::InvalidArgument(_))
+    ));
+    let g = c.try_lock("x", None).unwrap().unwrap();
+    assert!(c.try_lock("x", None).unwrap().is_none(), "not re-entrant");
+    assert!(g.is_held().unwrap());
+    drop(g);
+    assert!(!c.is_locked("x").unwrap());
+}
+
+#[test]
+fn a_full_coordination_table_is_a_clear_error() {
+    let s = seg("coordfull", opts().coord_slots(2));
+    let c = &s.0;
+    let _a = c.try_lock("a", None).unwrap().unwrap();
+    let _b = c.try_lock("b", None).unwrap().unwrap();
+    assert!(matches!(
+        c.try_lock("c", None),
+        Err(Error::CoordinationFull { slots: 2 })
+    ));
 }
