@@ -34,6 +34,7 @@ mod error;
 pub mod fault;
 pub mod forkache;
 pub mod layout;
+mod listing;
 mod memo;
 #[doc(hidden)]
 pub mod model;
@@ -49,6 +50,7 @@ pub use cache::{
     Cache, CheckReport, Expiry, Info, Keys, Options, RepairSummary, SetOutcome, ShardStats, Stats,
 };
 pub use error::{Error, Result};
+pub use listing::{list_in, list_segments, SegmentListing};
 pub use memo::{ComputeError, ComputeOptions, Memo, MemoStats, OnError, Source, Ttl};
 pub use name::{validate_name, MAX_NAME_LEN};
 /// Memoizes a free function across processes; see [`Memo`] for the semantics.

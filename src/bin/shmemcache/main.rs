@@ -1,0 +1,493 @@
+//! `shmemcache`: inspect and change a live cache by name, and benchmark IPC caches.
+//!
+//! Every subcommand prints human-readable text by default and one JSON document with
+//! `--json`. Errors are one line on stderr: exit code 2 for errors, 1 for "not found" or an
+//! unhealthy `check`.
+
+mod bench;
+mod units;
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use shmemcache::{Cache, Error, Expiry, Options, ShardStats};
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use units::{fmt_bytes, fmt_duration, parse_duration, parse_mode, parse_size};
+
+#[derive(Parser)]
+#[command(
+    name = "shmemcache",
+    version,
+    about = "Shared-memory LRU cache: inspect and change a cache by name, benchmark IPC caches"
+)]
+struct Cli {
+    /// Print one JSON document instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a segment (fails if it exists).
+    Create {
+        name: String,
+        /// Key+value capacity, e.g. 64MiB.
+        #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+        capacity: u64,
+        /// Most entries (default: one per 256 bytes of capacity).
+        #[arg(long)]
+        max_entries: Option<u64>,
+        /// Number of shards.
+        #[arg(long, default_value_t = 16)]
+        shards: u32,
+        /// Default TTL, e.g. 5m.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// File mode, octal.
+        #[arg(long, default_value = "600", value_parser = parse_mode)]
+        mode: u32,
+    },
+    /// Show geometry, usage and per-shard fill.
+    Info { name: String },
+    /// Show counters; with --watch, refresh with rates.
+    Stats {
+        name: String,
+        /// Refresh every interval (e.g. 1s) until interrupted.
+        #[arg(long, value_parser = parse_duration, num_args = 0..=1, default_missing_value = "1s")]
+        watch: Option<Duration>,
+        /// With --watch: stop after this many refreshes.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// List every shmemcache segment on this machine.
+    List,
+    /// Print a value (raw bytes to stdout).
+    Get { name: String, key: String },
+    /// Store a value.
+    Set {
+        name: String,
+        key: String,
+        value: String,
+        /// TTL, e.g. 30s; none = the segment's default.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Delete a key.
+    Del { name: String, key: String },
+    /// Show a key's remaining TTL.
+    Ttl { name: String, key: String },
+    /// Add to an integer value.
+    Incr {
+        name: String,
+        key: String,
+        #[arg(default_value_t = 1, allow_hyphen_values = true)]
+        delta: i64,
+    },
+    /// List keys.
+    Keys {
+        name: String,
+        /// Only keys starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Remove every entry.
+    Clear { name: String },
+    /// Remove the segment's name (processes that have it open keep their mapping).
+    Unlink { name: String },
+    /// Validate every invariant; exit 1 with a report if damaged.
+    Check { name: String },
+    /// Rebuild damaged shards from their entry records.
+    Repair { name: String },
+    /// Benchmark shmemcache across processes, optionally against Redis, LMDB, the floor
+    /// and an in-process LRU, in the same run.
+    Bench(bench::BenchArgs),
+}
+
+/// What a subcommand produced: JSON for `--json`, text otherwise, and an exit code.
+struct Output {
+    json: Value,
+    text: String,
+    code: u8,
+}
+
+impl Output {
+    fn ok(json: Value, text: impl Into<String>) -> Output {
+        Output {
+            json,
+            text: text.into(),
+            code: 0,
+        }
+    }
+}
+
+fn not_found(key: &str) -> Output {
+    eprintln!("shmemcache: key {key:?} not found");
+    Output {
+        json: json!({ "found": false, "key": key }),
+        text: String::new(),
+        code: 1,
+    }
+}
+
+fn shard_json(s: &ShardStats) -> Value {
+    json!({
+        "hits": s.hits, "misses": s.misses, "sets": s.sets, "evictions": s.evictions,
+        "expirations": s.expirations, "deletes": s.deletes, "recoveries": s.recoveries,
+        "entries": s.entries, "entry_capacity": s.entry_capacity, "bytes_used": s.bytes_used,
+        "arena_used": s.arena_used, "arena_capacity": s.arena_capacity,
+    })
+}
+
+fn open(name: &str) -> Result<Cache, Error> {
+    Options::new().open_existing(name)
+}
+
+fn run(cmd: Cmd, as_json: bool) -> Result<Output, Error> {
+    Ok(match cmd {
+        Cmd::Create {
+            name,
+            capacity,
+            max_entries,
+            shards,
+            ttl,
+            mode,
+        } => {
+            let mut o = Options::new()
+                .capacity_bytes(capacity)
+                .shards(shards)
+                .default_ttl(ttl)
+                .mode(mode);
+            if let Some(n) = max_entries {
+                o = o.max_entries(n);
+            }
+            let i = o.create(&name)?.info();
+            Output::ok(
+                json!({ "created": i.name, "segment_bytes": i.segment_bytes,
+                        "max_entries": i.max_entries, "shards": i.shards }),
+                format!(
+                    "created {} ({} mapped, {} entries, {} shards)",
+                    i.name,
+                    fmt_bytes(i.segment_bytes),
+                    i.max_entries,
+                    i.shards
+                ),
+            )
+        }
+        Cmd::Info { name } => info(&name)?,
+        Cmd::Stats { name, watch, count } => match watch {
+            Some(every) => return watch_stats(&name, every, count, as_json),
+            None => {
+                let t = open(&name)?.stats()?.total;
+                Output::ok(
+                    json!({ "hit_ratio": t.hit_ratio(), "total": shard_json(&t) }),
+                    format!(
+                        "hits {} misses {} ratio {:.3} sets {} evictions {} expirations {} \
+                         deletes {} recoveries {} entries {}",
+                        t.hits,
+                        t.misses,
+                        t.hit_ratio(),
+                        t.sets,
+                        t.evictions,
+                        t.expirations,
+                        t.deletes,
+                        t.recoveries,
+                        t.entries
+                    ),
+                )
+            }
+        },
+        Cmd::List => {
+            let all = shmemcache::list_segments()?;
+            let mut text = format!(
+                "{:<32} {:>10} {:>6} {:>5} {:>7} {:>8}",
+                "NAME", "SIZE", "UID", "MODE", "LAYOUT", "SHARDS"
+            );
+            for s in &all {
+                text.push_str(&format!(
+                    "\n{:<32} {:>10} {:>6} {:>5o} {:>7} {:>8}",
+                    s.name,
+                    fmt_bytes(s.size),
+                    s.uid,
+                    s.mode,
+                    if s.compatible {
+                        s.layout_version.to_string()
+                    } else {
+                        format!("{}!", s.layout_version)
+                    },
+                    s.shards
+                ));
+            }
+            let rows: Vec<Value> = all
+                .iter()
+                .map(|s| {
+                    json!({ "name": s.name, "size": s.size, "uid": s.uid,
+                            "mode": format!("{:o}", s.mode), "layout_version": s.layout_version,
+                            "compatible": s.compatible, "shards": s.shards,
+                            "creator_pid": s.creator_pid })
+                })
+                .collect();
+            Output::ok(json!({ "segments": rows }), text)
+        }
+        Cmd::Get { name, key } => match open(&name)?.get(key.as_bytes())? {
+            Some(v) => {
+                if as_json {
+                    Output::ok(
+                        json!({ "found": true, "key": key,
+                                "value": String::from_utf8_lossy(&v) }),
+                        "",
+                    )
+                } else {
+                    // Raw bytes, not lossy text: the value may be binary.
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&v);
+                    let _ = out.write_all(b"\n");
+                    Output::ok(Value::Null, "")
+                }
+            }
+            None => not_found(&key),
+        },
+        Cmd::Set {
+            name,
+            key,
+            value,
+            ttl,
+        } => {
+            let c = open(&name)?;
+            let r = match ttl {
+                Some(t) => c.set_ttl(key.as_bytes(), value.as_bytes(), Some(t))?,
+                None => c.set(key.as_bytes(), value.as_bytes())?,
+            };
+            Output::ok(json!({ "stored": true, "evicted": r.evicted }), "")
+        }
+        Cmd::Del { name, key } => {
+            if open(&name)?.delete(key.as_bytes())? {
+                Output::ok(json!({ "deleted": true }), "")
+            } else {
+                not_found(&key)
+            }
+        }
+        Cmd::Ttl { name, key } => match open(&name)?.ttl(key.as_bytes())? {
+            Some(Expiry::Never) => Output::ok(json!({ "ttl_ms": null }), "never"),
+            Some(Expiry::In(d)) => Output::ok(
+                json!({ "ttl_ms": d.as_millis() as u64 }),
+                format!("{}ms", d.as_millis()),
+            ),
+            None => not_found(&key),
+        },
+        Cmd::Incr { name, key, delta } => {
+            let v = open(&name)?.incr(key.as_bytes(), delta)?;
+            Output::ok(json!({ "value": v }), v.to_string())
+        }
+        Cmd::Keys {
+            name,
+            prefix,
+            limit,
+        } => {
+            let c = open(&name)?;
+            let mut keys = Vec::new();
+            for k in c.keys() {
+                if limit.is_some_and(|l| keys.len() >= l) {
+                    break;
+                }
+                let k = k?;
+                if prefix.as_ref().map_or(true, |p| k.starts_with(p.as_bytes())) {
+                    keys.push(String::from_utf8_lossy(&k).into_owned());
+                }
+            }
+            let text = keys.join("\n");
+            Output::ok(json!({ "keys": keys }), text)
+        }
+        Cmd::Clear { name } => {
+            let n = open(&name)?.clear()?;
+            Output::ok(json!({ "cleared": n }), format!("cleared {n} entries"))
+        }
+        Cmd::Unlink { name } => {
+            Cache::unlink(&name)?;
+            Output::ok(json!({ "unlinked": name }), "")
+        }
+        Cmd::Check { name } => {
+            let r = open(&name)?.check()?;
+            let mut problems: Vec<String> = r
+                .problems
+                .iter()
+                .map(|(s, p)| format!("shard {s}: {p}"))
+                .collect();
+            if let Some(p) = &r.coordination {
+                problems.push(format!("coordination table: {p}"));
+            }
+            Output {
+                json: json!({ "healthy": r.is_healthy(), "problems": problems }),
+                text: if problems.is_empty() {
+                    "ok".into()
+                } else {
+                    problems.join("\n")
+                },
+                code: if r.is_healthy() { 0 } else { 1 },
+            }
+        }
+        Cmd::Repair { name } => {
+            let r = open(&name)?.repair()?;
+            Output::ok(
+                json!({ "kept": r.kept, "dropped": r.dropped, "cleared_shards": r.cleared_shards }),
+                format!(
+                    "kept {} dropped {} cleared shards {}",
+                    r.kept, r.dropped, r.cleared_shards
+                ),
+            )
+        }
+        Cmd::Bench(args) => bench::run(args, as_json)?,
+    })
+}
+
+fn info(name: &str) -> Result<Output, Error> {
+    let c = open(name)?;
+    let i = c.info();
+    let s = c.stats()?;
+    let co = c.coordination_stats()?;
+    let mut text = String::new();
+    let mut line = |k: &str, v: String| text.push_str(&format!("{k:<16} {v}\n"));
+    line("name:", i.name.clone());
+    line("layout version:", i.layout_version.to_string());
+    line("segment size:", fmt_bytes(i.segment_bytes));
+    line("shards:", i.shards.to_string());
+    line(
+        "entries:",
+        format!("{} / {}", s.total.entries, i.max_entries),
+    );
+    line(
+        "arena:",
+        format!(
+            "{} / {} (chunk {}B)",
+            fmt_bytes(s.total.arena_used),
+            fmt_bytes(i.capacity_bytes),
+            i.chunk_size
+        ),
+    );
+    line(
+        "max key/value:",
+        format!("{}B / {}", i.max_key_len, fmt_bytes(i.max_value_len as u64)),
+    );
+    line(
+        "default TTL:",
+        i.default_ttl.map_or("none".into(), fmt_duration),
+    );
+    line(
+        "coordination:",
+        format!("{} / {} slots in use", co.in_use, co.slots),
+    );
+    line("creator pid:", i.creator_pid.to_string());
+    for (n, sh) in s.shards.iter().enumerate() {
+        text.push_str(&format!(
+            "  shard {n:>3}: {:>8} entries, {:>5.1}% arena\n",
+            sh.entries,
+            100.0 * sh.arena_used as f64 / sh.arena_capacity.max(1) as f64
+        ));
+    }
+    let shards: Vec<Value> = s.shards.iter().map(shard_json).collect();
+    Ok(Output::ok(
+        json!({
+            "name": i.name, "layout_version": i.layout_version,
+            "segment_bytes": i.segment_bytes, "shards": i.shards,
+            "max_entries": i.max_entries, "capacity_bytes": i.capacity_bytes,
+            "chunk_size": i.chunk_size, "max_key_len": i.max_key_len,
+            "max_value_len": i.max_value_len,
+            "default_ttl_ms": i.default_ttl.map(|d| d.as_millis() as u64),
+            "creator_pid": i.creator_pid, "created_unix_ns": i.created_unix_ns,
+            "coordination": { "slots": co.slots, "in_use": co.in_use,
+                              "recoveries": co.recoveries, "reclaimed": co.reclaimed },
+            "total": shard_json(&s.total), "per_shard": shards,
+        }),
+        text.trim_end(),
+    ))
+}
+
+/// `stats --watch`: one line (or JSON object) per interval with rates since the last one.
+fn watch_stats(
+    name: &str,
+    every: Duration,
+    count: Option<u64>,
+    as_json: bool,
+) -> Result<Output, Error> {
+    let c = open(name)?;
+    let mut prev = c.stats()?.total;
+    let mut at = Instant::now();
+    let mut out = std::io::stdout().lock();
+    if !as_json {
+        let _ = writeln!(
+            out,
+            "{:>12} {:>8} {:>12} {:>10} {:>10} {:>10}",
+            "ops/s", "hit%", "sets/s", "evict/s", "entries", "recoveries"
+        );
+    }
+    let mut n = 0;
+    while count.map_or(true, |c| n < c) {
+        std::thread::sleep(every);
+        let now = c.stats()?.total;
+        let dt = at.elapsed().as_secs_f64().max(1e-9);
+        at = Instant::now();
+        let lookups = (now.hits + now.misses).saturating_sub(prev.hits + prev.misses);
+        let hits = now.hits.saturating_sub(prev.hits);
+        let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
+        let hit_ratio = if lookups == 0 {
+            None
+        } else {
+            Some(hits as f64 / lookups as f64)
+        };
+        if as_json {
+            let _ = writeln!(
+                out,
+                "{}",
+                json!({ "lookups_per_sec": lookups as f64 / dt, "hit_ratio": hit_ratio,
+                        "sets_per_sec": rate(now.sets, prev.sets),
+                        "evictions_per_sec": rate(now.evictions, prev.evictions),
+                        "entries": now.entries, "recoveries": now.recoveries })
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "{:>12.0} {:>8} {:>12.0} {:>10.0} {:>10} {:>10}",
+                lookups as f64 / dt,
+                hit_ratio.map_or("-".into(), |r| format!("{:.1}", r * 100.0)),
+                rate(now.sets, prev.sets),
+                rate(now.evictions, prev.evictions),
+                now.entries,
+                now.recoveries
+            );
+        }
+        let _ = out.flush();
+        prev = now;
+        n += 1;
+    }
+    Ok(Output::ok(Value::Null, ""))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let as_json = cli.json;
+    match run(cli.cmd, as_json) {
+        Ok(o) => {
+            let mut out = std::io::stdout().lock();
+            if as_json {
+                if !o.json.is_null() {
+                    let _ = writeln!(out, "{}", o.json);
+                }
+            } else if !o.text.is_empty() {
+                let _ = writeln!(out, "{}", o.text);
+            }
+            ExitCode::from(o.code)
+        }
+        Err(e) => {
+            if as_json {
+                let _ = writeln!(std::io::stdout(), "{}", json!({ "error": e.to_string() }));
+            }
+            eprintln!("shmemcache: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
