@@ -296,7 +296,10 @@ fn run(cmd: Cmd, as_json: bool) -> Result<Output, Error> {
                     break;
                 }
                 let k = k?;
-                if prefix.as_ref().map_or(true, |p| k.starts_with(p.as_bytes())) {
+                if prefix
+                    .as_ref()
+                    .map_or(true, |p| k.starts_with(p.as_bytes()))
+                {
                     keys.push(String::from_utf8_lossy(&k).into_owned());
                 }
             }

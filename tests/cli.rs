@@ -1,0 +1,301 @@
+//! The `shmemcache` binary: every subcommand, text and `--json`, and its error paths
+//! (one line on stderr, non-zero exit, no panic); `bench` smoke runs against the floor,
+//! LMDB and, when `redis-server` is installed, a Redis the test starts on a Unix socket.
+
+use assert_cmd::Command;
+use serde_json::Value;
+use shmemcache::Cache;
+use std::time::Duration;
+
+struct Name(String);
+
+impl Name {
+    fn new(tag: &str) -> Name {
+        Name(format!("shmc-cli-{}-{tag}", std::process::id()))
+    }
+}
+
+impl Drop for Name {
+    fn drop(&mut self) {
+        let _ = Cache::unlink(&self.0);
+    }
+}
+
+fn cli() -> Command {
+    Command::cargo_bin("shmemcache").expect("binary built")
+}
+
+/// Runs with `--json`, expects exit 0, returns the parsed document.
+fn json(args: &[&str]) -> Value {
+    let out = cli().arg("--json").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn text(args: &[&str]) -> String {
+    let out = cli().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Expects `code`, a single line on stderr starting with "shmemcache:", and no panic.
+fn fails(args: &[&str], code: i32) -> String {
+    let out = cli().args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+    if code == 1 || !err.starts_with("error:") {
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    }
+    err
+}
+
+#[test]
+fn create_set_get_ttl_incr_del_keys_clear_unlink() {
+    let n = Name::new("basic");
+    let name = n.0.as_str();
+    let created = json(&[
+        "create",
+        name,
+        "--capacity",
+        "2MiB",
+        "--shards",
+        "2",
+        "--ttl",
+        "5m",
+    ]);
+    assert_eq!(created["shards"], 2);
+    assert!(text(&["set", name, "user:1", "alice"]).is_empty());
+    assert_eq!(text(&["get", name, "user:1"]), "alice\n");
+    assert_eq!(json(&["get", name, "user:1"])["value"], "alice");
+    let ttl = json(&["ttl", name, "user:1"])["ttl_ms"].as_u64().unwrap();
+    assert!(ttl > 290_000 && ttl <= 300_000, "{ttl}");
+    text(&["set", name, "tok", "x", "--ttl", "30s"]);
+    assert_eq!(json(&["incr", name, "n", "5"])["value"], 5);
+    assert_eq!(text(&["incr", name, "n", "-2"]), "3\n");
+    let keys = json(&["keys", name, "--prefix", "user:"]);
+    assert_eq!(keys["keys"], serde_json::json!(["user:1"]));
+    assert_eq!(
+        json(&["keys", name, "--limit", "2"])["keys"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(json(&["del", name, "tok"])["deleted"], true);
+    fails(&["del", name, "tok"], 1);
+    fails(&["get", name, "tok"], 1);
+    fails(&["ttl", name, "tok"], 1);
+    assert_eq!(json(&["clear", name])["cleared"], 2);
+    assert!(text(&["unlink", name]).is_empty());
+    fails(&["info", name], 2);
+}
+
+#[test]
+fn info_stats_check_repair_and_list() {
+    let n = Name::new("inspect");
+    let name = n.0.as_str();
+    text(&["create", name, "--capacity", "1MiB", "--shards", "4"]);
+    text(&["set", name, "a", "1"]);
+    text(&["get", name, "a"]);
+    let info = json(&["info", name]);
+    assert_eq!(info["shards"], 4);
+    assert_eq!(info["per_shard"].as_array().unwrap().len(), 4);
+    assert_eq!(info["total"]["entries"], 1);
+    assert_eq!(info["coordination"]["in_use"], 0);
+    assert!(text(&["info", name]).contains("layout version:"));
+    let stats = json(&["stats", name]);
+    assert_eq!(stats["total"]["hits"], 1);
+    assert!(text(&["stats", name]).contains("hits 1"));
+    assert_eq!(json(&["check", name])["healthy"], true);
+    assert_eq!(text(&["check", name]), "ok\n");
+    assert_eq!(json(&["repair", name])["kept"], 1);
+    let list = json(&["list"]);
+    let found = list["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .expect("listed");
+    assert_eq!(found["mode"], "600");
+    assert_eq!(found["compatible"], true);
+    assert!(text(&["list"]).contains(name));
+}
+
+#[test]
+fn stats_watch_reports_rates() {
+    let n = Name::new("watch");
+    let name = n.0.clone();
+    text(&["create", &name, "--capacity", "1MiB", "--shards", "1"]);
+    let writer = {
+        let name = name.clone();
+        std::thread::spawn(move || {
+            let c = Cache::open_existing(&name).unwrap();
+            c.set(b"k", b"v").unwrap();
+            let until = std::time::Instant::now() + Duration::from_millis(600);
+            while std::time::Instant::now() < until {
+                c.get(b"k").unwrap();
+            }
+        })
+    };
+    let out = cli()
+        .args(["--json", "stats", &name, "--watch", "200ms", "--count", "2"])
+        .output()
+        .unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0]["lookups_per_sec"].as_f64().unwrap() > 0.0);
+    let human = text(&["stats", &name, "--watch", "100ms", "--count", "1"]);
+    assert!(human.starts_with(&format!("{:>12}", "ops/s")), "{human}");
+}
+
+#[test]
+fn errors_are_one_clear_line() {
+    let missing = Name::new("missing");
+    let e = fails(&["info", &missing.0], 2);
+    assert!(e.contains("does not exist"), "{e}");
+    let e = fails(&["get", "../etc", "k"], 2);
+    assert!(e.contains("invalid segment name"), "{e}");
+    let e = fails(&["create", "x", "--capacity", "12 parsecs"], 2);
+    assert!(e.contains("bad size"), "{e}");
+    let e = fails(&["create", "x", "--ttl", "0s"], 2);
+    assert!(e.contains("zero"), "{e}");
+    let e = fails(&["create", "x", "--mode", "999"], 2);
+    assert!(e.contains("bad mode"), "{e}");
+    fails(&["bench", "--compare", "mongodb", "--duration", "1s"], 2);
+    fails(&["bench", "--mix", "120"], 2);
+    fails(&["bench", "--keys", "0"], 2);
+    fails(&["no-such-command"], 2);
+    let out = cli().args(["--json", "info", &missing.0]).output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("does not exist"));
+    // A segment of another user: refused with a permission error, not a crash.
+    let n = Name::new("foreign");
+    text(&["create", &n.0, "--capacity", "1MiB", "--shards", "1"]);
+    let path = format!("/dev/shm/{}", n.0);
+    if nix::unistd::geteuid().is_root() {
+        nix::unistd::chown(path.as_str(), Some(65534.into()), None).unwrap();
+        let e = fails(&["info", &n.0], 2);
+        assert!(e.contains("permission denied"), "{e}");
+    }
+}
+
+fn bench_json(compare: &str) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cli()
+        .args([
+            "--json",
+            "bench",
+            "--procs",
+            "1,2",
+            "--keys",
+            "2000",
+            "--duration",
+            "300ms",
+            "--warmup",
+            "100ms",
+            "--compare",
+            compare,
+            "--out",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("bench.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["results"], v["results"]);
+    if cfg!(feature = "bench-chart") {
+        let svg = std::fs::read_to_string(dir.path().join("bench.svg")).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("shmemcache"));
+    }
+    v
+}
+
+fn check_results(v: &Value, targets: &[&str]) {
+    for key in ["machine", "workload", "results", "ratios"] {
+        assert!(!v[key].is_null(), "missing {key}");
+    }
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), targets.len() * 2, "{v}");
+    for r in results {
+        assert!(targets.contains(&r["target"].as_str().unwrap()));
+        for f in ["ops_per_sec", "p50_ns", "p99_ns", "p999_ns", "hit_ratio"] {
+            assert!(r[f].as_f64().unwrap() > 0.0, "{f} in {r}");
+        }
+        let per = r["per_process_ops_per_sec"].as_array().unwrap();
+        assert_eq!(per.len() as u64, r["procs"].as_u64().unwrap());
+        assert!(per.iter().all(|p| p.as_f64().unwrap() > 0.0));
+    }
+    let ratios = v["ratios"].as_array().unwrap();
+    assert_eq!(ratios.len(), (targets.len() - 1) * 2);
+    assert!(ratios
+        .iter()
+        .all(|r| r["shmemcache_over"].as_f64().unwrap() > 0.0));
+    let shm = results
+        .iter()
+        .find(|r| r["target"] == "shmemcache")
+        .unwrap();
+    assert!(shm["evictions"].is_u64());
+}
+
+#[test]
+#[cfg(feature = "bench-lmdb")]
+fn bench_smoke_against_floor_and_lmdb() {
+    let v = bench_json("floor,lmdb");
+    check_results(&v, &["shmemcache", "floor", "lmdb"]);
+}
+
+#[test]
+fn bench_smoke_against_floor_and_lru() {
+    let v = bench_json("floor,lru");
+    check_results(&v, &["shmemcache", "floor", "lru"]);
+}
+
+#[test]
+#[cfg(feature = "bench-redis")]
+fn bench_smoke_against_a_redis_server_it_starts() {
+    if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        // .ci/run installs redis-server, so in CI its absence is a failure.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "redis-server is missing in CI: .ci/run should have installed it"
+        );
+        eprintln!("redis-server not installed: skipping the Redis comparison");
+        return;
+    }
+    let v = bench_json("redis");
+    check_results(&v, &["shmemcache", "redis"]);
+}
