@@ -33,6 +33,22 @@ fn wait_byte(r: &mut std::fs::File) {
     r.read_exact(&mut b).expect("signal");
 }
 
+/// Forks a child that opens `name` and runs `f` with a pipe end to signal on; returns once
+/// the child has sent its first byte.
+fn child_signalling(
+    name: &Name,
+    f: impl FnOnce(&Cache, &mut std::fs::File) -> i32,
+) -> nix::unistd::Pid {
+    let (mut r, w) = pipe();
+    let n = name.0.clone();
+    let pid = spawn(move || {
+        let mut w = w;
+        f(&open(&n), &mut w)
+    });
+    wait_byte(&mut r);
+    pid
+}
+
 type Boom = std::io::Error;
 
 fn boom() -> Boom {
@@ -83,21 +99,14 @@ fn eight_processes_compute_a_missing_key_once_and_all_get_it() {
 fn owner_killed_mid_computation_is_taken_over_by_one_waiter() {
     let name = Name::new("flightkill");
     let cache = open(&name);
-    let (mut started_r, started_w) = pipe();
-    let owner = {
-        let name = name.0.clone();
-        let mut started_w = started_w.try_clone().unwrap();
-        spawn(move || {
-            let c = open(&name);
-            let _ = c.get_or_compute(b"k", &ComputeOptions::new(), || {
-                started_w.write_all(&[1]).unwrap();
-                std::thread::sleep(Duration::from_secs(3600));
-                Ok::<_, Boom>(b"never".to_vec())
-            });
-            1
-        })
-    };
-    wait_byte(&mut started_r);
+    let owner = child_signalling(&name, |c, started| {
+        let _ = c.get_or_compute(b"k", &ComputeOptions::new(), || {
+            started.write_all(&[1]).unwrap();
+            std::thread::sleep(Duration::from_secs(3600));
+            Ok::<_, Boom>(b"never".to_vec())
+        });
+        1
+    });
     let waiters: Vec<_> = (0..3)
         .map(|_| {
             let name = name.0.clone();
@@ -139,22 +148,14 @@ fn failing_owner(policy: OnError, tag: &str) -> (Vec<i32>, i64) {
     let name = Name::new(tag);
     let cache = open(&name);
     let opts = ComputeOptions::new().on_error(policy);
-    let (mut started_r, started_w) = pipe();
-    let owner = {
-        let name = name.0.clone();
-        let opts = opts.clone();
-        let mut started_w = started_w.try_clone().unwrap();
-        spawn(move || {
-            let c = open(&name);
-            let r = c.get_or_compute(b"k", &opts, || {
-                started_w.write_all(&[1]).unwrap();
-                std::thread::sleep(Duration::from_millis(300));
-                Err(boom())
-            });
-            i32::from(!matches!(r, Err(ComputeError::Compute(_))))
-        })
-    };
-    wait_byte(&mut started_r);
+    let owner = child_signalling(&name, |c, started| {
+        let r = c.get_or_compute(b"k", &opts, || {
+            started.write_all(&[1]).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            Err(boom())
+        });
+        i32::from(!matches!(r, Err(ComputeError::Compute(_))))
+    });
     let waiters: Vec<_> = (0..3)
         .map(|_| {
             let name = name.0.clone();
@@ -207,25 +208,17 @@ fn stale_value_is_served_while_exactly_one_refresh_runs() {
         .unwrap();
     assert_eq!(first, b"v1");
     std::thread::sleep(Duration::from_millis(300));
-    let (mut started_r, started_w) = pipe();
-    let refresher = {
-        let name = name.0.clone();
-        let opts = opts.clone();
-        let mut started_w = started_w.try_clone().unwrap();
-        spawn(move || {
-            let c = open(&name);
-            let v = c
-                .get_or_compute(b"k", &opts, || {
-                    c.incr(b"refreshes", 1).unwrap();
-                    started_w.write_all(&[1]).unwrap();
-                    std::thread::sleep(Duration::from_millis(500));
-                    Ok::<_, Boom>(b"v2".to_vec())
-                })
-                .unwrap();
-            i32::from(v != b"v2")
-        })
-    };
-    wait_byte(&mut started_r);
+    let refresher = child_signalling(&name, |c, started| {
+        let v = c
+            .get_or_compute(b"k", &opts, || {
+                c.incr(b"refreshes", 1).unwrap();
+                started.write_all(&[1]).unwrap();
+                std::thread::sleep(Duration::from_millis(500));
+                Ok::<_, Boom>(b"v2".to_vec())
+            })
+            .unwrap();
+        i32::from(v != b"v2")
+    });
     let readers: Vec<_> = (0..4)
         .map(|_| {
             let name = name.0.clone();
@@ -348,17 +341,12 @@ fn releasing_a_lock_that_expired_and_was_retaken_is_refused() {
 fn lock_of_a_killed_holder_is_reclaimed_at_once() {
     let name = Name::new("lockdead");
     let cache = open(&name);
-    let (mut held_r, held_w) = pipe();
-    let n = name.0.clone();
-    let holder = spawn(move || {
-        let c = open(&n);
-        let mut held_w = held_w;
+    let holder = child_signalling(&name, |c, held| {
         let _g = c.try_lock("job", None).unwrap().unwrap();
-        held_w.write_all(&[1]).unwrap();
+        held.write_all(&[1]).unwrap();
         std::thread::sleep(Duration::from_secs(3600));
         0
     });
-    wait_byte(&mut held_r);
     assert!(cache.try_lock("job", None).unwrap().is_none());
     kill9(holder);
     let g = cache.try_lock("job", None).unwrap();
@@ -396,21 +384,16 @@ fn inherited_guard_does_nothing_in_the_child() {
 fn once_runs_in_one_process_at_a_time() {
     let name = Name::new("once");
     let cache = open(&name);
-    let (mut started_r, started_w) = pipe();
-    let n = name.0.clone();
-    let runner = spawn(move || {
-        let c = open(&n);
-        let mut started_w = started_w;
+    let runner = child_signalling(&name, |c, started| {
         let ran = c
             .once("rebuild", None, OnceBusy::Return(false), || {
-                started_w.write_all(&[1]).unwrap();
+                started.write_all(&[1]).unwrap();
                 std::thread::sleep(Duration::from_millis(300));
                 true
             })
             .unwrap();
         i32::from(!ran)
     });
-    wait_byte(&mut started_r);
     let skipped = cache
         .once("rebuild", None, OnceBusy::Return(false), || true)
         .unwrap();
@@ -473,17 +456,12 @@ fn pool_never_admits_more_than_its_size() {
 fn pool_slot_of_a_killed_holder_is_reclaimed() {
     let name = Name::new("pooldead");
     let cache = open(&name);
-    let (mut held_r, held_w) = pipe();
-    let n = name.0.clone();
-    let holder = spawn(move || {
-        let c = open(&n);
-        let mut held_w = held_w;
+    let holder = child_signalling(&name, |c, held| {
         let _slot = c.pool("p", 1).unwrap().acquire(None).unwrap();
-        held_w.write_all(&[1]).unwrap();
+        held.write_all(&[1]).unwrap();
         std::thread::sleep(Duration::from_secs(3600));
         0
     });
-    wait_byte(&mut held_r);
     let pool = cache.pool("p", 1).unwrap();
     assert_eq!(pool.size().unwrap(), 1);
     assert!(matches!(
@@ -531,20 +509,15 @@ fn memo_handle_shares_results_between_processes() {
 fn clear_in_flight_lets_waiters_compute() {
     let name = Name::new("clearflight");
     let cache = open(&name);
-    let (mut started_r, started_w) = pipe();
-    let n = name.0.clone();
-    let stuck = spawn(move || {
-        let c = open(&n);
-        let mut started_w = started_w;
-        let m: Memo<String> = Memo::new(&c, "tests::slow");
+    let stuck = child_signalling(&name, |c, started| {
+        let m: Memo<String> = Memo::new(c, "tests::slow");
         let _ = m.call(&(1,), || {
-            started_w.write_all(&[1]).unwrap();
+            started.write_all(&[1]).unwrap();
             std::thread::sleep(Duration::from_secs(3600));
             String::new()
         });
         0
     });
-    wait_byte(&mut started_r);
     let m: Memo<String> = Memo::new(&cache, "tests::slow");
     assert_eq!(m.clear_in_flight().unwrap(), 1);
     let t = Instant::now();

@@ -8,6 +8,13 @@ use super::Workload;
 use shmemcache::{Cache, Floor, Options};
 use std::sync::{Arc, Mutex};
 
+/// Copies a fetched value into the worker's buffer (as much as fits); true = a hit.
+fn copy_out(v: &[u8], buf: &mut [u8]) -> bool {
+    let n = v.len().min(buf.len());
+    buf[..n].copy_from_slice(&v[..n]);
+    true
+}
+
 /// One worker's client.
 pub trait Worker {
     /// Copies the value of `key` into `buf`; false on a miss.
@@ -199,14 +206,7 @@ struct LruWorker(Mutex<lru::LruCache<Vec<u8>, Vec<u8>>>);
 impl Worker for LruWorker {
     fn get(&mut self, key: &[u8], buf: &mut [u8]) -> bool {
         let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match c.get(key) {
-            Some(v) => {
-                let n = v.len().min(buf.len());
-                buf[..n].copy_from_slice(&v[..n]);
-                true
-            }
-            None => false,
-        }
+        c.get(key).is_some_and(|v| copy_out(v, buf))
     }
     fn set(&mut self, key: &[u8], value: &[u8]) {
         let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -293,14 +293,7 @@ mod lmdb {
             let Ok(tx) = self.env.read_txn() else {
                 return false;
             };
-            match self.db.get(&tx, key) {
-                Ok(Some(v)) => {
-                    let n = v.len().min(buf.len());
-                    buf[..n].copy_from_slice(&v[..n]);
-                    true
-                }
-                _ => false,
-            }
+            matches!(self.db.get(&tx, key), Ok(Some(v)) if super::copy_out(v, buf))
         }
         fn set(&mut self, key: &[u8], value: &[u8]) {
             if let Ok(mut tx) = self.env.write_txn() {
@@ -427,11 +420,7 @@ mod redis_target {
                 .arg(key)
                 .query::<Option<Vec<u8>>>(&mut self.0)
             {
-                Ok(Some(v)) => {
-                    let n = v.len().min(buf.len());
-                    buf[..n].copy_from_slice(&v[..n]);
-                    true
-                }
+                Ok(Some(v)) => super::copy_out(&v, buf),
                 _ => false,
             }
         }
