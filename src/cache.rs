@@ -610,7 +610,7 @@ impl Cache {
         report
     }
 
-    pub(crate) fn lock_error(&self, shard: usize, e: LockError) -> Error {
+    fn lock_error(&self, shard: usize, e: LockError) -> Error {
         match e {
             LockError::Timeout => Error::LockTimeout {
                 shard,

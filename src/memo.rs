@@ -341,7 +341,8 @@ impl Cache {
             }
             return Err(Error::Codec("stored value no longer decodes".into()).into());
         }
-        let deadline = monotonic_ns().saturating_add(opts.wait_timeout.as_nanos() as u64);
+        let wait_ns = opts.wait_timeout.as_nanos().min(u64::MAX as u128) as u64;
+        let deadline = monotonic_ns().saturating_add(wait_ns);
         let mut waited = false;
         loop {
             match self.attempt(&req)? {

@@ -81,17 +81,7 @@ impl Cache {
         let mut guard = self
             .seg
             .lock_coord(self.lock_timeout)
-            .map_err(|e| match e {
-                crate::sys::robust::LockError::Timeout => Error::Busy {
-                    what: "coordination table of",
-                    name: self.name().to_string(),
-                    reason: format!(
-                        "its lock was not free within {:?} (holder stopped or hung)",
-                        self.lock_timeout
-                    ),
-                },
-                e => self.lock_error(0, e),
-            })?;
+            .map_err(|e| self.coord_lock_error(e))?;
         let died = guard.owner_died();
         let slots = self.geom.coord.slots;
         let r = match CoordView::new(guard.region(), slots) {
@@ -117,12 +107,35 @@ impl Cache {
         })
     }
 
+    fn coord_lock_error(&self, e: crate::sys::robust::LockError) -> Error {
+        use crate::sys::robust::LockError;
+        match e {
+            LockError::Timeout => Error::Busy {
+                what: "coordination table of",
+                name: self.name().to_string(),
+                reason: format!(
+                    "its lock was not free within {:?} (holder stopped or hung)",
+                    self.lock_timeout
+                ),
+            },
+            LockError::NotRecoverable => Error::Corrupted {
+                name: self.name().to_string(),
+                reason: "the coordination table's lock is not recoverable".to_string(),
+            },
+            LockError::Os(source) => Error::Os {
+                op: "pthread_mutex_timedlock",
+                name: self.name().to_string(),
+                source,
+            },
+        }
+    }
+
     /// The coordination table's invariant check, without repairing.
     pub(crate) fn check_coord(&self) -> Result<Option<String>> {
         let mut guard = self
             .seg
             .lock_coord(self.lock_timeout)
-            .map_err(|e| self.lock_error(0, e))?;
+            .map_err(|e| self.coord_lock_error(e))?;
         if guard.owner_died() {
             return Ok(Some("a holder died while updating it".to_string()));
         }
