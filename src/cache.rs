@@ -647,7 +647,9 @@ impl Cache {
             });
         }
         let h = key_hash(self.geom.hash_seed, key);
-        Ok((self.geom.shard_of(h), h as u32))
+        let shard = self.geom.shard_of(h);
+        self.seg.prefetch_index(shard, h as u32);
+        Ok((shard, h as u32))
     }
 
     /// Rejects keys over the segment's limit.

@@ -440,6 +440,25 @@ impl Segment {
         Ok(CoordGuard { held, seg: self })
     }
 
+    /// Starts loading the index slot a lookup of hash `h` in `shard` reads first, so that
+    /// miss overlaps with taking the shard's lock. A hint only: nothing is read or written.
+    #[inline]
+    pub fn prefetch_index(&self, shard: usize, h: u32) {
+        let g = &self.geom;
+        let slot = h as usize & (g.index_slots as usize - 1);
+        let off = g.shard_offset(shard) + g.shard.region_offset + g.shard.index_off + 4 * slot;
+        if off >= self.map.len() {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `off` is inside the mapping (checked above); a prefetch never faults and
+        // has no architectural effect on memory, so it cannot race with other processes.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>(self.map.as_ptr().add(off).cast());
+        }
+    }
+
     /// The futex word waiters on coordination slot `slot` sleep on, or `None` if out of range.
     pub fn wake_word(&self, slot: usize) -> Option<&AtomicU32> {
         if slot >= self.geom.coord.slots as usize {
