@@ -187,6 +187,7 @@ fn errors_are_one_clear_line() {
     fails(&["bench", "--compare", "mongodb", "--duration", "1s"], 2);
     fails(&["bench", "--mix", "120"], 2);
     fails(&["bench", "--keys", "0"], 2);
+    fails(&["bench", "--repeat", "0"], 2);
     fails(&["no-such-command"], 2);
     let out = cli().args(["--json", "info", &missing.0]).output().unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -216,6 +217,8 @@ fn bench_json(compare: &str) -> Value {
             "300ms",
             "--warmup",
             "100ms",
+            "--repeat",
+            "2",
             "--compare",
             compare,
             "--out",
@@ -251,6 +254,8 @@ fn check_results(v: &Value, targets: &[&str]) {
         for f in ["ops_per_sec", "p50_ns", "p99_ns", "p999_ns", "hit_ratio"] {
             assert!(r[f].as_f64().unwrap() > 0.0, "{f} in {r}");
         }
+        let runs = r["runs_ops_per_sec"].as_array().unwrap();
+        assert_eq!(runs.len(), 2, "one entry per repetition");
         let per = r["per_process_ops_per_sec"].as_array().unwrap();
         assert_eq!(per.len() as u64, r["procs"].as_u64().unwrap());
         assert!(per.iter().all(|p| p.as_f64().unwrap() > 0.0));

@@ -65,6 +65,10 @@ pub struct BenchArgs {
     /// The redis-server binary to start when no socket is given.
     #[arg(long, default_value = "redis-server")]
     pub redis_server: String,
+    /// Run every (target, process count) this many times, interleaved, and report the
+    /// median run: a noisy machine then skews one run, not a whole target.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
     /// Write bench.json and bench.svg into this directory.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -300,6 +304,8 @@ pub struct RunResult {
     pub p999_ns: u64,
     pub hit_ratio: Option<f64>,
     pub evictions: Option<u64>,
+    /// Total ops/s of every repetition (the reported run is their median).
+    pub runs: Vec<f64>,
 }
 
 fn run_one(
@@ -421,6 +427,7 @@ fn run_one(
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
             _ => None,
         },
+        runs: Vec::new(),
     })
 }
 
@@ -440,6 +447,56 @@ fn machine() -> Value {
         "os": std::env::consts::OS,
         "arch": std::env::consts::ARCH,
     })
+}
+
+/// Prepares every target, then runs each (repetition, target, process count) in that
+/// order, so repetitions interleave; returns the median run of each (target, count).
+fn measure(
+    list: &mut [Box<dyn Target>],
+    w: &Workload,
+    a: &BenchArgs,
+    show: bool,
+) -> Result<Vec<RunResult>, String> {
+    for t in list.iter_mut() {
+        t.prepare(w).map_err(|e| format!("{}: {e}", t.name()))?;
+    }
+    let mut all: Vec<Vec<RunResult>> = Vec::new();
+    for rep in 0..a.repeat {
+        let mut k = 0;
+        for t in list.iter() {
+            for &procs in &a.procs {
+                let pb = show.then(|| {
+                    let pb =
+                        indicatif::ProgressBar::new((w.warmup + w.duration).as_millis() as u64);
+                    pb.set_style(
+                        indicatif::ProgressStyle::with_template("{msg:<28} [{bar:30}] {elapsed}")
+                            .expect("valid template"),
+                    );
+                    pb.set_message(format!("{} × {procs} ({}/{})", t.name(), rep + 1, a.repeat));
+                    pb
+                });
+                let r = run_one(&**t, w, procs, pb.as_ref());
+                if let Some(pb) = pb {
+                    pb.finish_and_clear();
+                }
+                if rep == 0 {
+                    all.push(Vec::new());
+                }
+                all[k].push(r?);
+                k += 1;
+            }
+        }
+    }
+    Ok(all
+        .into_iter()
+        .map(|mut runs| {
+            let rates: Vec<f64> = runs.iter().map(|r| r.ops_per_sec).collect();
+            runs.sort_by(|x, y| x.ops_per_sec.total_cmp(&y.ops_per_sec));
+            let mut median = runs.swap_remove(runs.len() / 2);
+            median.runs = rates;
+            median
+        })
+        .collect())
 }
 
 /// Runs the benchmark and builds its report.
@@ -463,46 +520,15 @@ pub fn run(mut a: BenchArgs, as_json: bool) -> Result<crate::Output, Error> {
         }
         list.push(targets::make(name, &a).map_err(bad)?);
     }
+    if a.repeat == 0 || a.repeat > 100 {
+        return Err(bad("--repeat must be between 1 and 100".into()));
+    }
     let show = !a.quiet && !as_json && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut results = Vec::new();
-    let mut failure = None;
-    for t in list.iter_mut() {
-        if let Err(e) = t.prepare(&w) {
-            failure = Some(format!("{}: {e}", t.name()));
-            break;
-        }
-        for &procs in &a.procs {
-            let pb = show.then(|| {
-                let pb = indicatif::ProgressBar::new((w.warmup + w.duration).as_millis() as u64);
-                pb.set_style(
-                    indicatif::ProgressStyle::with_template("{msg:<24} [{bar:30}] {elapsed}")
-                        .expect("valid template"),
-                );
-                pb.set_message(format!("{} × {procs}", t.name()));
-                pb
-            });
-            match run_one(&**t, &w, procs, pb.as_ref()) {
-                Ok(r) => results.push(r),
-                Err(e) => failure = Some(e),
-            }
-            if let Some(pb) = pb {
-                pb.finish_and_clear();
-            }
-            if failure.is_some() {
-                break;
-            }
-        }
-        t.finish();
-        if failure.is_some() {
-            break;
-        }
-    }
+    let outcome = measure(&mut list, &w, &a, show);
     for t in list.iter_mut() {
         t.finish();
     }
-    if let Some(f) = failure {
-        return Err(Error::InvalidArgument(format!("benchmark failed: {f}")));
-    }
+    let results = outcome.map_err(|f| Error::InvalidArgument(format!("benchmark failed: {f}")))?;
     let report = report_json(&a, &w, &results);
     if let Some(dir) = &a.out {
         write_out(dir, &report, &results)?;
@@ -535,7 +561,7 @@ fn report_json(a: &BenchArgs, w: &Workload, results: &[RunResult]) -> Value {
                 "target": r.target, "procs": r.procs, "ops_per_sec": r.ops_per_sec,
                 "per_process_ops_per_sec": r.per_process, "p50_ns": r.p50_ns,
                 "p99_ns": r.p99_ns, "p999_ns": r.p999_ns, "hit_ratio": r.hit_ratio,
-                "evictions": r.evictions,
+                "evictions": r.evictions, "runs_ops_per_sec": r.runs,
             })
         })
         .collect();
@@ -552,6 +578,7 @@ fn report_json(a: &BenchArgs, w: &Workload, results: &[RunResult]) -> Value {
             "duration_ms": w.ops.is_none().then_some(w.duration.as_millis() as u64),
             "ops_per_process": w.ops, "warmup_ms": w.warmup.as_millis() as u64,
             "sample_every": w.sample_every, "shards": a.shards, "procs": a.procs,
+            "repeat": a.repeat,
         },
         "results": rows,
         "ratios": ratio_rows,
@@ -575,6 +602,12 @@ fn report_text(a: &BenchArgs, results: &[RunResult]) -> String {
             r.hit_ratio
                 .map_or("-".into(), |h| format!("{:.1}", h * 100.0)),
             r.evictions.map_or("-".into(), |e| e.to_string())
+        ));
+    }
+    if a.repeat > 1 {
+        s.push_str(&format!(
+            "(each row: the median of {} interleaved runs; every run's ops/s is in the JSON)\n",
+            a.repeat
         ));
     }
     for (p, vs, x) in ratios(results) {
