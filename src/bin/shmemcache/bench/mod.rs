@@ -449,21 +449,21 @@ fn machine() -> Value {
     })
 }
 
-/// Prepares every target, then runs each (repetition, target, process count) in that
-/// order, so repetitions interleave; returns the median run of each (target, count).
+/// Runs each (repetition, target, process count) in that order, so repetitions interleave;
+/// every target is prepared afresh for each repetition (an LMDB file or a Redis server that
+/// grew in one run does not slow the next) and released after it. Returns the median run
+/// of each (target, count).
 fn measure(
     list: &mut [Box<dyn Target>],
     w: &Workload,
     a: &BenchArgs,
     show: bool,
 ) -> Result<Vec<RunResult>, String> {
-    for t in list.iter_mut() {
-        t.prepare(w).map_err(|e| format!("{}: {e}", t.name()))?;
-    }
     let mut all: Vec<Vec<RunResult>> = Vec::new();
     for rep in 0..a.repeat {
         let mut k = 0;
-        for t in list.iter() {
+        for t in list.iter_mut() {
+            t.prepare(w).map_err(|e| format!("{}: {e}", t.name()))?;
             for &procs in &a.procs {
                 let pb = show.then(|| {
                     let pb =
@@ -485,6 +485,7 @@ fn measure(
                 all[k].push(r?);
                 k += 1;
             }
+            t.finish();
         }
     }
     Ok(all

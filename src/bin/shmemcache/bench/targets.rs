@@ -407,6 +407,8 @@ mod redis_target {
             if let Some(mut c) = self.server.take() {
                 let _ = c.kill();
                 let _ = c.wait();
+                // Its socket went with it; the next repetition starts a new server.
+                self.socket = None;
             }
             self.dir = None;
         }
