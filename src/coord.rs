@@ -373,4 +373,137 @@ mod tests {
         let mut buf = table(4);
         assert!(CoordView::new(bytemuck::cast_slice_mut(&mut buf), 5).is_err());
     }
+
+    /// The table against a model that is just an array of optional slots, over random
+    /// takes, releases (right and wrong owners), reclaims, group frees and frees.
+    #[test]
+    #[cfg_attr(miri, ignore)] // thousands of cases; the unit tests above run under Miri
+    fn matches_a_model_of_optional_slots() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+
+        #[derive(Clone, Debug)]
+        enum Step {
+            Take(u32, u64, u32, u64),
+            Release(usize, u64, u32, bool),
+            Reclaim(u64, u64, u32),
+            FreeGroup(u64),
+            Free(usize),
+        }
+        let step = prop_oneof![
+            4 => (1..=slot_kind::MAX, 0..4u64, 1..4u32, prop_oneof![Just(0u64), Just(50), Just(150)])
+                .prop_map(|(k, key, pid, exp)| Step::Take(k, key, pid, exp)),
+            2 => (0..10usize, 0..4u64, 1..4u32, any::<bool>())
+                .prop_map(|(i, key, pid, right)| Step::Release(i, key, pid, right)),
+            1 => (0..4u64, prop_oneof![Just(0u64), Just(100), Just(200)], 1..4u32)
+                .prop_map(|(key, now, dead)| Step::Reclaim(key, now, dead)),
+            1 => (0..3u64).prop_map(Step::FreeGroup),
+            1 => (0..10usize).prop_map(Step::Free),
+        ];
+        let mut runner = TestRunner::new(Config {
+            cases: 400,
+            ..Config::default()
+        });
+        runner
+            .run(&proptest::collection::vec(step, 0..80), |steps| {
+                const N: u32 = 8;
+                let mut buf = table(N);
+                let mut v = CoordView::new(bytemuck::cast_slice_mut(&mut buf), N).unwrap();
+                let mut model: Vec<Option<CoordSlot>> = vec![None; N as usize];
+                let mut token = 0u64;
+                for s in &steps {
+                    match *s {
+                        Step::Take(kind, key, pid, exp) => {
+                            token += 1;
+                            let mut new = slot(kind, key, pid, token, exp);
+                            new.group = key % 3;
+                            let want = model.iter().position(Option::is_none);
+                            prop_assert_eq!(v.take(new), want);
+                            if let Some(i) = want {
+                                model[i] = Some(new);
+                            }
+                        }
+                        Step::Release(i, key, pid, right) => {
+                            let held = model.get(i).copied().flatten();
+                            let tok = match (right, held) {
+                                (true, Some(h)) => h.owner_token,
+                                _ => u64::MAX,
+                            };
+                            let owner = Owner {
+                                process: ProcessId { pid, start: 1 },
+                                token: tok,
+                            };
+                            let kinds = [
+                                slot_kind::FLIGHT,
+                                slot_kind::FAILED,
+                                slot_kind::LOCK,
+                                slot_kind::POOL,
+                            ];
+                            let ok = held.is_some_and(|h| {
+                                h.key == [key, 0] && h.owner_pid == pid && h.owner_token == tok
+                            });
+                            prop_assert_eq!(v.release(i, &kinds, [key, 0], owner), ok);
+                            if ok {
+                                model[i] = None;
+                            }
+                        }
+                        Step::Reclaim(key, now, dead) => {
+                            let kinds = [slot_kind::LOCK, slot_kind::POOL];
+                            let mut alive = |p: ProcessId| p.pid != dead;
+                            let mut want = 0;
+                            for m in model.iter_mut() {
+                                if let Some(h) = *m {
+                                    let stale = (h.expires_at != 0 && now >= h.expires_at)
+                                        || h.owner_pid == dead;
+                                    if h.key == [key, 0] && kinds.contains(&h.kind) && stale {
+                                        *m = None;
+                                        want += 1;
+                                    }
+                                }
+                            }
+                            prop_assert_eq!(
+                                v.reclaim(&kinds, [key, 0], now, &mut alive, |_| {}),
+                                want
+                            );
+                        }
+                        Step::FreeGroup(g) => {
+                            let kinds = [slot_kind::FLIGHT, slot_kind::FAILED];
+                            let mut want = 0;
+                            for m in model.iter_mut() {
+                                if m.is_some_and(|h| h.group == g && kinds.contains(&h.kind)) {
+                                    *m = None;
+                                    want += 1;
+                                }
+                            }
+                            prop_assert_eq!(v.free_group(&kinds, g, |_| {}), want);
+                        }
+                        Step::Free(i) => {
+                            v.free(i);
+                            if let Some(m) = model.get_mut(i) {
+                                *m = None;
+                            }
+                        }
+                    }
+                    prop_assert!(v.validate().is_ok(), "{:?}", v.validate());
+                    let hw = model.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
+                    prop_assert_eq!(v.meta.high_water as usize, hw);
+                    prop_assert_eq!(v.used(), model.iter().flatten().count());
+                    for key in 0..4u64 {
+                        let all = [
+                            slot_kind::FLIGHT,
+                            slot_kind::FAILED,
+                            slot_kind::LOCK,
+                            slot_kind::POOL,
+                        ];
+                        let got: Vec<usize> = v.find(&all, [key, 0]).collect();
+                        let want: Vec<usize> = (0..model.len())
+                            .filter(|&i| model[i].is_some_and(|h| h.key == [key, 0]))
+                            .collect();
+                        prop_assert_eq!(got, want);
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
 }
