@@ -322,7 +322,6 @@ impl Cache {
     ) -> Result<std::result::Result<(usize, Owner), u32>> {
         let deadline = monotonic_ns()
             .saturating_add(wait.map_or(0, |d| d.as_nanos().min(u64::MAX as u128) as u64));
-        let mut reaped_once = false;
         loop {
             match self.attempt(req)? {
                 Attempt::Got(i, owner) => return Ok(Ok((i, owner))),
@@ -338,10 +337,6 @@ impl Cache {
                         continue;
                     }
                     if monotonic_ns() >= deadline {
-                        if wait.is_none() && !reaped_once {
-                            reaped_once = true;
-                            continue;
-                        }
                         return Ok(Err(pid));
                     }
                     self.sleep_on(slot, seq, expires_at, deadline);
