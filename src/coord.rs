@@ -145,11 +145,14 @@ impl<'a> CoordView<'a> {
             }
             None => return None,
         };
-        // Kind last: a holder dying mid-write leaves a FREE slot or a complete one.
+        // Kind last: a holder killed mid-write (a signal lands between instructions) leaves
+        // a FREE slot or a complete one; the fence keeps the compiler from merging or
+        // reordering the two writes.
         self.slots[i] = CoordSlot {
             kind: slot_kind::FREE,
             ..slot
         };
+        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::Release);
         self.slots[i].kind = slot.kind;
         Some(i)
     }
