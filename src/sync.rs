@@ -268,25 +268,31 @@ impl Cache {
         }
     }
 
-    /// Frees a slot if it is still `owner`'s; wakes its sleepers. False if it was not.
+    /// Frees a slot if it is still `owner`'s and wakes its sleepers. Returns whether it was
+    /// freed and whether its hold had lapsed (expired, even if nobody took it yet), both
+    /// read in one lock hold.
     pub(crate) fn release_slot(
         &self,
         i: usize,
         kinds: &[u32],
         key: [u64; 2],
         owner: Owner,
-    ) -> Result<bool> {
-        let freed = self.with_coord(|v| {
-            let ok = v.release(i, kinds, key, owner);
-            if ok {
+    ) -> Result<(bool, bool)> {
+        let now = monotonic_ns();
+        let (freed, lapsed) = self.with_coord(|v| {
+            let lapsed = v
+                .slot(i)
+                .is_some_and(|s| s.expires_at != 0 && now >= s.expires_at);
+            let freed = v.release(i, kinds, key, owner);
+            if freed {
                 self.bump(i);
             }
-            ok
+            (freed, lapsed)
         })?;
         if freed {
             self.wake(i);
         }
-        Ok(freed)
+        Ok((freed, lapsed))
     }
 
     /// Sleeps until slot `i`'s word moves from `seq`, the hold lapses, the liveness
@@ -600,22 +606,10 @@ impl<'c> LockGuard<'c> {
         if self.is_inherited() {
             return Ok(());
         }
-        let now = monotonic_ns();
-        let (slot, kind, key, owner) = (self.slot, self.kind, self.key, self.owner);
-        // One lock hold: an expired hold is no longer ours even if nobody took it yet.
-        let (freed, expired) = self.cache.with_coord(|v| {
-            let expired = v
-                .slot(slot)
-                .is_some_and(|s| s.expires_at != 0 && now >= s.expires_at);
-            let freed = v.release(slot, &[kind], key, owner);
-            if freed {
-                self.cache.bump(slot);
-            }
-            (freed, expired)
-        })?;
-        if freed {
-            self.cache.wake(slot);
-        }
+        // An expired hold is no longer ours even if nobody took it yet.
+        let (freed, expired) =
+            self.cache
+                .release_slot(self.slot, &[self.kind], self.key, self.owner)?;
         if freed && !expired {
             Ok(())
         } else {

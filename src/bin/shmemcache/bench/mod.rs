@@ -390,7 +390,7 @@ fn run_one(
         }
     }
     let mut hist = new_hist();
-    let (mut ops, mut hits, mut gets) = (0u64, 0u64, 0u64);
+    let (mut hits, mut gets) = (0u64, 0u64);
     let mut per_process = Vec::new();
     let mut total_rate = 0.0;
     for b in &bufs {
@@ -405,7 +405,6 @@ fn run_one(
         let rate = tally.ops as f64 / (tally.elapsed_ns.max(1) as f64 / 1e9);
         per_process.push(rate);
         total_rate += rate;
-        ops += tally.ops;
         hits += tally.hits;
         gets += tally.gets;
         hist.add(&tally.hist).map_err(|e| e.to_string())?;
@@ -413,7 +412,6 @@ fn run_one(
     if let Some(f) = failed {
         return Err(format!("{}: {f}", t.name()));
     }
-    let _ = ops;
     Ok(RunResult {
         target: t.name(),
         procs,
