@@ -572,36 +572,54 @@ impl Cache {
 
     /// Runs `op` on shard `shard` under its lock. Repairs first if the previous holder died
     /// or left the shard dirty; repairs and retries once if `op` finds damage.
+    #[inline]
     fn with_shard<R>(
         &self,
         shard: usize,
         mut op: impl FnMut(&mut ShardView) -> Result<R, TableError>,
     ) -> Result<R> {
-        let mut guard = self
-            .seg
-            .lock_shard(shard, self.lock_timeout)
-            .map_err(|e| self.lock_error(shard, e))?;
+        let mut guard = match self.seg.lock_shard(shard, self.lock_timeout) {
+            Ok(g) => g,
+            Err(e) => return Err(self.lock_error(shard, e)),
+        };
         let died = guard.owner_died();
         let region = guard.region();
-        let mut view = ShardView::new(region, &self.geom).map_err(|e| self.corrupted(e))?;
+        let mut view = match ShardView::new(region, &self.geom) {
+            Ok(v) => v,
+            Err(e) => return Err(self.corrupted(e)),
+        };
         if died || view.meta.dirty != 0 {
             Self::recover(&mut view);
         }
         view.meta.dirty = 1;
         fault::hit(FaultPoint::LockHeld);
-        let mut result = op(&mut view);
-        if matches!(result, Err(TableError::Corrupt(_))) {
-            Self::recover(&mut view);
-            view.meta.dirty = 1;
-            result = op(&mut view);
-            if matches!(result, Err(TableError::Corrupt(_))) {
-                Self::recover(&mut view);
-            }
-        }
+        let result = match op(&mut view) {
+            Err(TableError::Corrupt(_)) => self.repair_and_retry(&mut view, op),
+            other => other,
+        };
         view.meta.dirty = 0;
         result.map_err(|e| self.corrupted(e))
     }
 
+    /// `op` found damage: repair the shard and run it once more (repairing again if it
+    /// still finds damage, so the shard is left consistent either way).
+    #[cold]
+    #[inline(never)]
+    fn repair_and_retry<R>(
+        &self,
+        view: &mut ShardView,
+        mut op: impl FnMut(&mut ShardView) -> Result<R, TableError>,
+    ) -> Result<R, TableError> {
+        Self::recover(view);
+        view.meta.dirty = 1;
+        let result = op(view);
+        if matches!(result, Err(TableError::Corrupt(_))) {
+            Self::recover(view);
+        }
+        result
+    }
+
+    #[cold]
     fn recover(view: &mut ShardView) -> RepairReport {
         view.meta.dirty = 1;
         let report = view.repair();
@@ -610,6 +628,7 @@ impl Cache {
         report
     }
 
+    #[cold]
     fn lock_error(&self, shard: usize, e: LockError) -> Error {
         match e {
             LockError::Timeout => Error::LockTimeout {
@@ -628,6 +647,7 @@ impl Cache {
         }
     }
 
+    #[cold]
     fn corrupted(&self, e: TableError) -> Error {
         Error::Corrupted {
             name: self.name().to_string(),
@@ -638,18 +658,23 @@ impl Cache {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn locate(&self, key: &[u8]) -> Result<(usize, u32)> {
         if key.len() > self.geom.max_key_len as usize {
-            return Err(Error::KeyTooLarge {
-                len: key.len(),
-                max: self.geom.max_key_len as usize,
-            });
+            return Err(self.key_too_large(key.len()));
         }
         let h = key_hash(self.geom.hash_seed, key);
         let shard = self.geom.shard_of(h);
         self.seg.prefetch_index(shard, h as u32);
         Ok((shard, h as u32))
+    }
+
+    #[cold]
+    fn key_too_large(&self, len: usize) -> Error {
+        Error::KeyTooLarge {
+            len,
+            max: self.geom.max_key_len as usize,
+        }
     }
 
     /// Rejects keys over the segment's limit.

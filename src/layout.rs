@@ -532,6 +532,7 @@ impl Geometry {
     }
 
     /// Byte offset of shard `i`'s lock block in the segment.
+    #[inline]
     pub fn shard_offset(&self, i: usize) -> usize {
         self.shards_offset + i * self.shard.stride
     }

@@ -149,6 +149,9 @@ pub struct ShardView<'a> {
 
 impl<'a> ShardView<'a> {
     /// Interprets `region` (exactly `geom.shard.region_len` bytes, 8-byte aligned).
+    // Always inlined: returned through memory, the view costs a store-forwarding stall
+    // on every operation.
+    #[inline(always)]
     pub fn new(region: &'a mut [u8], geom: &Geometry) -> TResult<ShardView<'a>> {
         let s = &geom.shard;
         if region.len() != s.region_len {
@@ -448,6 +451,7 @@ impl<'a> ShardView<'a> {
     }
 
     /// Finds the index slot and record of `key`, live or expired.
+    #[inline(always)]
     fn find(&self, key: &[u8], h: u32) -> TResult<Option<(usize, u32)>> {
         let mask = self.mask();
         let mut s = h as usize & mask;
@@ -552,6 +556,7 @@ impl<'a> ShardView<'a> {
     }
 
     /// Finds a live, unexpired entry; an expired one found on the way is reclaimed.
+    #[inline(always)]
     fn find_live(&mut self, key: &[u8], h: u32, now: &mut Now) -> TResult<Option<(usize, u32)>> {
         match self.find(key, h)? {
             Some((slot, r)) if Self::expired(self.rec(r)?, now) => {
@@ -622,6 +627,7 @@ impl<'a> ShardView<'a> {
     // ----- public operations ----------------------------------------------------------------
 
     /// Looks `key` up; on a hit makes it most recently used and returns its record.
+    #[inline]
     pub fn lookup(&mut self, key: &[u8], h: u32, now: &mut Now) -> TResult<Option<u32>> {
         match self.find_live(key, h, now)? {
             Some((_, r)) => {

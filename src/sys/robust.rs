@@ -74,12 +74,14 @@ pub struct Held<'a> {
 
 impl Held<'_> {
     /// Whether the previous holder died.
+    #[inline]
     pub fn acquired(&self) -> Acquired {
         self.acquired
     }
 }
 
 impl Drop for Held<'_> {
+    #[inline]
     fn drop(&mut self) {
         if self.acquired == Acquired::OwnerDied {
             // SAFETY: `m` is a live robust mutex this thread holds (constructed only by `lock`).
@@ -97,12 +99,35 @@ const SPIN_TRIES: u32 = 12;
 ///
 /// # Safety
 /// `m` must point to a mutex initialized by [`init`] that stays mapped for `'a`.
+#[inline]
 pub unsafe fn lock<'a>(
     m: *mut libc::pthread_mutex_t,
     timeout: Duration,
 ) -> Result<Held<'a>, LockError> {
     // SAFETY: the caller guarantees `m` is an initialized mutex that outlives 'a.
-    let mut rc = unsafe { libc::pthread_mutex_trylock(m) };
+    let rc = unsafe { libc::pthread_mutex_trylock(m) };
+    if rc == 0 {
+        return Ok(Held {
+            m,
+            acquired: Acquired::Clean,
+            _segment: PhantomData,
+        });
+    }
+    // SAFETY: forwarded from this function's contract.
+    unsafe { lock_slow(m, timeout, rc) }
+}
+
+/// The rest of [`lock`] after a first `trylock` that returned `rc` (not 0).
+///
+/// # Safety
+/// As for [`lock`].
+#[cold]
+#[inline(never)]
+unsafe fn lock_slow<'a>(
+    m: *mut libc::pthread_mutex_t,
+    timeout: Duration,
+    mut rc: libc::c_int,
+) -> Result<Held<'a>, LockError> {
     // Critical sections last a few hundred ns: spin briefly before sleeping in the kernel,
     // which glibc's robust timedlock does at once (a futex wait, and a futex wake for the
     // holder when it unlocks). The spin is bounded (~450 pause instructions), so a stopped
@@ -113,7 +138,7 @@ pub unsafe fn lock<'a>(
             break;
         }
         backoff.spin();
-        // SAFETY: as above.
+        // SAFETY: the caller guarantees `m` is an initialized mutex that outlives 'a.
         rc = unsafe { libc::pthread_mutex_trylock(m) };
     }
     if rc == libc::EBUSY {

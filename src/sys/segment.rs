@@ -374,6 +374,7 @@ impl Segment {
         unsafe { AtomicU32::from_ptr(p.cast::<u32>()) }
     }
 
+    #[inline]
     fn lock_ptr(&self, shard: usize) -> *mut libc::pthread_mutex_t {
         assert!(
             shard < self.geom.shard_count as usize,
@@ -391,6 +392,7 @@ impl Segment {
     // Shared memory is mutated through `&self` by design; exclusivity comes from the shard
     // lock, which is this function's safety contract.
     #[allow(clippy::mut_from_ref)]
+    #[inline]
     unsafe fn region_slice(&self, shard: usize) -> &mut [u8] {
         let off = self.geom.shard_offset(shard) + self.geom.shard.region_offset;
         debug_assert!(off + self.geom.shard.region_len <= self.map.len());
@@ -405,6 +407,7 @@ impl Segment {
     }
 
     /// Locks shard `shard` for at most `timeout`.
+    #[inline]
     pub fn lock_shard(
         &self,
         shard: usize,
@@ -483,11 +486,13 @@ pub struct CoordGuard<'a> {
 
 impl CoordGuard<'_> {
     /// Whether the previous holder died holding the lock.
+    #[inline]
     pub fn owner_died(&self) -> bool {
         self.held.acquired() == robust::Acquired::OwnerDied
     }
 
     /// The guarded region: [`crate::layout::CoordMeta`] then the slots.
+    #[inline]
     pub fn region(&mut self) -> &mut [u8] {
         let c = &self.seg.geom.coord;
         debug_assert!(c.region_offset + c.region_len <= self.seg.map.len());
