@@ -74,7 +74,10 @@ impl Options {
     pub fn new() -> Options {
         Options::default()
     }
-    /// Bytes of key+value storage (the arena), split evenly across shards.
+    /// Bytes of key+value storage (the arena), split evenly across shards. Each entry slot
+    /// owns one chunk of it (its head, which holds short entries whole); the rest is shared
+    /// overflow for longer ones. If `max_entries × chunk_size` is more than half the
+    /// capacity, the overflow is kept at half the capacity and the segment grows instead.
     pub fn capacity_bytes(mut self, bytes: u64) -> Self {
         self.capacity_bytes = bytes;
         self
@@ -91,6 +94,8 @@ impl Options {
         self
     }
     /// Arena chunk size in bytes (a power of two, 16..=65536); entries occupy whole chunks.
+    /// An entry (key + value) that fits in one chunk is read with one memory access after
+    /// its record; choose it to cover your typical entry.
     pub fn chunk_size(mut self, n: u32) -> Self {
         self.chunk_size = n;
         self
@@ -154,15 +159,21 @@ impl Options {
         let shards = self.shards as u64;
         let per_shard = self.capacity_bytes.div_ceil(shards);
         let chunk = self.chunk_size.max(1) as u64;
-        let chunks = per_shard.div_ceil(chunk);
         let entries = self
             .max_entries
             .unwrap_or((self.capacity_bytes / 256).max(shards * 8))
             .div_ceil(shards);
+        // Every entry slot owns a head chunk; the rest of the budget is shared overflow,
+        // kept at half the budget or more so that long values still fit.
+        let heads = entries.saturating_mul(chunk);
+        let pool = per_shard.saturating_sub(heads).max(per_shard / 2);
+        let chunks = pool.div_ceil(chunk).max(1);
         let max_value = match self.max_value_len {
             Some(v) => v,
             None => {
-                let fit = (chunks * chunk / 2).saturating_sub(self.max_key_len as u64);
+                // Geometry::new admits entries whose overflow fits twice in the pool.
+                let longest = chunk + chunks / 2 * chunk;
+                let fit = longest.saturating_sub(self.max_key_len as u64);
                 fit.min(1 << 20) as u32
             }
         };
@@ -346,7 +357,9 @@ impl ShardStats {
             entries: m.len as u64,
             entry_capacity: g.entries_per_shard as u64,
             bytes_used: m.bytes_used,
-            arena_used: (g.chunks_per_shard as u64).saturating_sub(m.free_chunks as u64) * cs,
+            arena_used: (m.len as u64
+                + (g.chunks_per_shard as u64).saturating_sub(m.free_chunks as u64))
+                * cs,
             arena_capacity: g.arena_bytes(),
         }
     }

@@ -10,7 +10,7 @@ use std::mem::{align_of, offset_of, size_of};
 /// First eight bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"SHMCACHE";
 /// Bumped whenever any byte of the layout below changes meaning.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// Value of [`Header::ready`] once the creator has finished formatting the segment.
 pub const READY: u32 = 0x5245_4459; // "READY"
 /// "No index" in every `u32` link (LRU, free lists, chunk chains).
@@ -53,7 +53,7 @@ pub struct Header {
     pub entries_per_shard: u32,
     /// Hash index slots per shard (a power of two).
     pub index_slots: u32,
-    /// Arena chunks per shard.
+    /// Overflow chunks per shard (each record also owns one head chunk).
     pub chunks_per_shard: u32,
     /// Bytes per arena chunk (a power of two).
     pub chunk_size: u32,
@@ -276,6 +276,8 @@ pub struct ShardLayout {
     pub index_off: usize,
     /// Records offset inside the region.
     pub records_off: usize,
+    /// Head-chunk offset inside the region (one chunk per record).
+    pub heads_off: usize,
     /// Chunk-link array offset inside the region.
     pub links_off: usize,
     /// Arena offset inside the region.
@@ -314,7 +316,7 @@ pub struct Geometry {
     pub entries_per_shard: u32,
     /// Index slots per shard (power of two).
     pub index_slots: u32,
-    /// Chunks per shard.
+    /// Overflow chunks per shard (not counting the one head chunk of each record).
     pub chunks_per_shard: u32,
     /// Bytes per chunk (power of two).
     pub chunk_size: u32,
@@ -379,12 +381,17 @@ impl Geometry {
             ));
         }
         let arena = chunks_per_shard as u64 * chunk_size as u64;
-        // Bounding one entry to half a shard's arena is what makes every accepted set
-        // succeed: evicting all other entries always frees enough, old value included.
-        if (max_key_len as u64 + max_value_len as u64) * 2 > arena {
+        // Bounding one entry's overflow to half a shard's overflow chunks is what makes
+        // every accepted set succeed: evicting all other entries always frees enough, old
+        // value included.
+        let longest = max_key_len as u64 + max_value_len as u64;
+        let overflow = longest
+            .saturating_sub(chunk_size as u64)
+            .div_ceil(chunk_size as u64);
+        if overflow * 2 > chunks_per_shard as u64 {
             return Err(format!(
-                "an entry of up to {} bytes does not fit twice in a shard arena of {arena} bytes",
-                max_key_len as u64 + max_value_len as u64
+                "an entry of up to {longest} bytes needs {overflow} overflow chunks, which do \
+                 not fit twice in a shard's {chunks_per_shard}"
             ));
         }
         let index_slots = index_slots_for(entries_per_shard)?;
@@ -393,10 +400,11 @@ impl Geometry {
         let meta = size_of::<ShardMeta>() as u64;
         let index_off = align_up(meta, a);
         let records_off = align_up(index_off + 4 * index_slots as u64, a);
-        let links_off = align_up(
+        let heads_off = align_up(
             records_off + size_of::<Record>() as u64 * entries_per_shard as u64,
             a,
         );
+        let links_off = align_up(heads_off + chunk_size as u64 * entries_per_shard as u64, a);
         let arena_off = align_up(links_off + 4 * chunks_per_shard as u64, a);
         let region_len = align_up(arena_off + arena, a);
         let stride = align_up(LOCK_BLOCK as u64 + region_len, 2 * a);
@@ -422,6 +430,7 @@ impl Geometry {
                 region_len: to_usize(region_len)?,
                 index_off: to_usize(index_off)?,
                 records_off: to_usize(records_off)?,
+                heads_off: to_usize(heads_off)?,
                 links_off: to_usize(links_off)?,
                 arena_off: to_usize(arena_off)?,
                 stride: to_usize(stride)?,
@@ -520,9 +529,16 @@ impl Geometry {
         }
     }
 
-    /// Arena bytes per shard.
+    /// Key and value storage per shard: every record's head chunk plus the overflow chunks.
     pub fn arena_bytes(&self) -> u64 {
-        self.chunks_per_shard as u64 * self.chunk_size as u64
+        (self.entries_per_shard as u64 + self.chunks_per_shard as u64) * self.chunk_size as u64
+    }
+
+    /// Overflow chunks an entry of `len` key + value bytes needs beyond its head chunk.
+    #[inline]
+    pub fn overflow_chunks(&self, len: usize) -> u32 {
+        len.saturating_sub(self.chunk_size as usize)
+            .div_ceil(self.chunk_size as usize) as u32
     }
 
     /// Which shard a 64-bit key hash belongs to (high bits; the low bits pick the slot).
@@ -587,13 +603,18 @@ mod tests {
         let s = g.shard;
         assert!(s.index_off >= size_of::<ShardMeta>());
         assert!(s.records_off >= s.index_off + 4 * g.index_slots as usize);
-        assert!(s.links_off >= s.records_off + 32 * g.entries_per_shard as usize);
+        assert!(s.heads_off >= s.records_off + 32 * g.entries_per_shard as usize);
+        let heads = g.chunk_size as usize * g.entries_per_shard as usize;
+        assert!(s.links_off >= s.heads_off + heads);
         assert!(s.arena_off >= s.links_off + 4 * g.chunks_per_shard as usize);
-        assert!(s.region_len >= s.arena_off + g.arena_bytes() as usize);
+        let overflow = g.chunk_size as usize * g.chunks_per_shard as usize;
+        assert!(s.region_len >= s.arena_off + overflow);
+        assert_eq!(heads + overflow, g.arena_bytes() as usize);
         assert!(s.stride >= LOCK_BLOCK + s.region_len);
         for off in [
             s.index_off,
             s.records_off,
+            s.heads_off,
             s.links_off,
             s.arena_off,
             s.stride,

@@ -82,8 +82,11 @@ impl Model {
         }
     }
 
+    /// Overflow chunks: every entry also has its record's head chunk.
     fn need(&self, k: usize, v: usize) -> usize {
-        (k + v).div_ceil(self.chunk_size)
+        (k + v)
+            .saturating_sub(self.chunk_size)
+            .div_ceil(self.chunk_size)
     }
 
     fn used_chunks(&self) -> usize {

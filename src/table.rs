@@ -139,6 +139,8 @@ pub struct ShardView<'a> {
     pub meta: &'a mut ShardMeta,
     index: &'a mut [u32],
     recs: &'a mut [Record],
+    /// One chunk per record: the first `chunk_size` bytes of its key and value.
+    heads: &'a mut [u8],
     links: &'a mut [u32],
     arena: &'a mut [u8],
     chunk_size: usize,
@@ -159,7 +161,8 @@ impl<'a> ShardView<'a> {
         }
         let (meta_b, rest) = region.split_at_mut(s.index_off);
         let (index_b, rest) = rest.split_at_mut(s.records_off - s.index_off);
-        let (recs_b, rest) = rest.split_at_mut(s.links_off - s.records_off);
+        let (recs_b, rest) = rest.split_at_mut(s.heads_off - s.records_off);
+        let (heads_b, rest) = rest.split_at_mut(s.links_off - s.heads_off);
         let (links_b, arena_b) = rest.split_at_mut(s.arena_off - s.links_off);
         let cast_err = |_| TableError::Corrupt("shard region is misaligned");
         let meta = bytemuck::try_from_bytes_mut::<ShardMeta>(
@@ -177,11 +180,14 @@ impl<'a> ShardView<'a> {
             &mut links_b[..4 * geom.chunks_per_shard as usize],
         )
         .map_err(cast_err)?;
-        let arena_len = geom.arena_bytes() as usize;
+        let cs = geom.chunk_size as usize;
+        let heads_len = cs * geom.entries_per_shard as usize;
+        let arena_len = cs * geom.chunks_per_shard as usize;
         Ok(ShardView {
             meta,
             index,
             recs,
+            heads: &mut heads_b[..heads_len],
             links,
             arena: &mut arena_b[..arena_len],
             chunk_size: geom.chunk_size as usize,
@@ -252,9 +258,11 @@ impl<'a> ShardView<'a> {
             .ok_or(TableError::Corrupt("record index out of range"))
     }
 
+    /// Overflow chunks an entry of `len` bytes needs beyond its head chunk.
     #[inline]
     fn chunks_for(&self, len: usize) -> u32 {
-        len.div_ceil(self.chunk_size) as u32
+        len.saturating_sub(self.chunk_size)
+            .div_ceil(self.chunk_size) as u32
     }
 
     #[inline]
@@ -270,6 +278,15 @@ impl<'a> ShardView<'a> {
         }
     }
 
+    /// Record `r`'s head chunk.
+    #[inline]
+    fn head(&self, r: u32) -> TResult<&[u8]> {
+        let start = r as usize * self.chunk_size;
+        self.heads
+            .get(start..start + self.chunk_size)
+            .ok_or(TableError::Corrupt("record index out of range"))
+    }
+
     #[inline]
     fn chunk(&self, c: u32) -> TResult<&[u8]> {
         let start = c as usize * self.chunk_size;
@@ -278,10 +295,11 @@ impl<'a> ShardView<'a> {
             .ok_or(TableError::Corrupt("chunk index out of range"))
     }
 
-    /// Calls `f` with consecutive pieces of the `len` bytes starting at byte `off` of the
-    /// chain that begins at `first`.
+    /// Calls `f` with consecutive pieces of the `len` bytes starting at byte `off` of record
+    /// `r`'s entry: its head chunk, then the overflow chain that begins at `first`.
     fn pieces(
         &self,
+        r: u32,
         first: u32,
         mut off: usize,
         len: usize,
@@ -291,12 +309,26 @@ impl<'a> ShardView<'a> {
             return Ok(());
         }
         let cs = self.chunk_size;
+        let mut left = len;
+        if off < cs {
+            let head = self.head(r)?;
+            let n = (cs - off).min(left);
+            if !f(&head[off..off + n]) {
+                return Ok(());
+            }
+            left -= n;
+            if left == 0 {
+                return Ok(());
+            }
+            off = 0;
+        } else {
+            off -= cs;
+        }
         let mut c = first;
         while off >= cs {
             c = self.next_chunk(c)?;
             off -= cs;
         }
-        let mut left = len;
         loop {
             let chunk = self.chunk(c)?;
             let n = (cs - off).min(left);
@@ -312,17 +344,35 @@ impl<'a> ShardView<'a> {
         }
     }
 
-    fn write_at(&mut self, first: u32, mut off: usize, src: &[u8]) -> TResult<()> {
+    /// Writes `src` at byte `off` of record `r`'s entry (head chunk, then the chain at
+    /// `first`).
+    fn write_at(&mut self, r: u32, first: u32, mut off: usize, src: &[u8]) -> TResult<()> {
         if src.is_empty() {
             return Ok(());
         }
         let cs = self.chunk_size;
+        let mut done = 0;
+        if off < cs {
+            let start = r as usize * cs;
+            let n = (cs - off).min(src.len());
+            let dst = self
+                .heads
+                .get_mut(start + off..start + off + n)
+                .ok_or(TableError::Corrupt("record index out of range"))?;
+            dst.copy_from_slice(&src[..n]);
+            done = n;
+            if done == src.len() {
+                return Ok(());
+            }
+            off = 0;
+        } else {
+            off -= cs;
+        }
         let mut c = first;
         while off >= cs {
             c = self.next_chunk(c)?;
             off -= cs;
         }
-        let mut done = 0;
         loop {
             let start = c as usize * cs;
             let n = (cs - off).min(src.len() - done);
@@ -340,13 +390,19 @@ impl<'a> ShardView<'a> {
         }
     }
 
-    fn key_eq(&self, r: &Record, key: &[u8]) -> TResult<bool> {
+    #[inline]
+    fn key_eq(&self, i: u32, r: &Record, key: &[u8]) -> TResult<bool> {
         if r.key_len as usize != key.len() {
             return Ok(false);
         }
+        if key.len() <= self.chunk_size {
+            // The common case: the whole key is in the head chunk, whose address depends
+            // only on the record index, so it loads in parallel with the record.
+            return Ok(&self.head(i)?[..key.len()] == key);
+        }
         let mut at = 0;
         let mut eq = true;
-        self.pieces(r.first_chunk, 0, key.len(), |p| {
+        self.pieces(i, r.first_chunk, 0, key.len(), |p| {
             eq = p == &key[at..at + p.len()];
             at += p.len();
             eq
@@ -462,7 +518,7 @@ impl<'a> ShardView<'a> {
             }
             let r = v - 1;
             let rec = self.rec(r)?;
-            if rec.hash == h && self.key_eq(rec, key)? {
+            if rec.hash == h && self.key_eq(r, rec, key)? {
                 return Ok(Some((s, r)));
             }
             s = (s + 1) & mask;
@@ -667,6 +723,7 @@ impl<'a> ShardView<'a> {
         let rec = *self.rec(r)?;
         out.reserve(rec.value_len as usize);
         self.pieces(
+            r,
             rec.first_chunk,
             rec.key_len as usize,
             rec.value_len as usize,
@@ -683,6 +740,7 @@ impl<'a> ShardView<'a> {
         let dst = &mut dst[..rec.value_len as usize];
         let mut at = 0;
         self.pieces(
+            r,
             rec.first_chunk,
             rec.key_len as usize,
             rec.value_len as usize,
@@ -698,7 +756,7 @@ impl<'a> ShardView<'a> {
     pub fn read_key(&self, r: u32, out: &mut Vec<u8>) -> TResult<()> {
         let rec = *self.rec(r)?;
         out.reserve(rec.key_len as usize);
-        self.pieces(rec.first_chunk, 0, rec.key_len as usize, |p| {
+        self.pieces(r, rec.first_chunk, 0, rec.key_len as usize, |p| {
             out.extend_from_slice(p);
             true
         })
@@ -740,14 +798,15 @@ impl<'a> ShardView<'a> {
                 if old_need == need {
                     evicted = 0;
                     self.rec_mut(r)?.state = REC_WRITING;
-                    self.write_at(old.first_chunk, key.len(), value)?;
+                    self.write_at(r, old.first_chunk, key.len(), value)?;
                     crate::fault::hit(crate::fault::FaultPoint::StoreMidWrite);
                 } else {
                     evicted = self.make_room(need, false, Some(r), now)?;
                     let first = self.alloc_chain(need)?;
-                    self.write_at(first, 0, key)?;
-                    self.write_at(first, key.len(), value)?;
+                    // The head chunk is rewritten in place, so the entry is marked first.
                     self.rec_mut(r)?.state = REC_WRITING;
+                    self.write_at(r, first, 0, key)?;
+                    self.write_at(r, first, key.len(), value)?;
                     self.rec_mut(r)?.first_chunk = first;
                     crate::fault::hit(crate::fault::FaultPoint::StoreMidWrite);
                     self.free_chain(old.first_chunk, old_need)?;
@@ -771,8 +830,8 @@ impl<'a> ShardView<'a> {
                     x.next
                 };
                 let first = self.alloc_chain(need)?;
-                self.write_at(first, 0, key)?;
-                self.write_at(first, key.len(), value)?;
+                self.write_at(r, first, 0, key)?;
+                self.write_at(r, first, key.len(), value)?;
                 self.meta.free_rec_head = next_free;
                 *self.rec_mut(r)? = Record {
                     hash: h,
@@ -1122,8 +1181,7 @@ impl<'a> ShardView<'a> {
                 other => return Err(format!("record {r} not findable from its home: {other:?}")),
             }
         }
-        // Chunks: live chains and the free list partition the arena.
-        let cs = self.chunk_size;
+        // Overflow chunks: live chains and the free list partition them.
         let total = self.links.len() as u32;
         let mut owned = 0u32;
         for r in 0..n {
@@ -1134,7 +1192,7 @@ impl<'a> ShardView<'a> {
             if rec.key_len as usize > self.max_key || rec.value_len as usize > self.max_value {
                 return Err(format!("record {r} exceeds the size limits"));
             }
-            let need = Self::entry_len(&rec).div_ceil(cs) as u32;
+            let need = self.chunks_for(Self::entry_len(&rec));
             self.mark_chain(rec.first_chunk, need)
                 .map_err(|(_, e)| format!("record {r}: {e}"))?;
             owned += need;
@@ -1320,7 +1378,7 @@ impl<'a> ShardView<'a> {
         if rec.key_len as usize > self.max_key || rec.value_len as usize > self.max_value {
             return Err("sizes out of range".into());
         }
-        let need = Self::entry_len(&rec).div_ceil(self.chunk_size) as u32;
+        let need = self.chunks_for(Self::entry_len(&rec));
         let marked = match self.mark_chain(rec.first_chunk, need) {
             Ok(()) => need,
             Err((k, _)) => {
@@ -1329,7 +1387,11 @@ impl<'a> ShardView<'a> {
             }
         };
         let mut hasher = Xxh3::with_seed(self.seed);
-        let mut left = rec.key_len as usize;
+        let cs = self.chunk_size;
+        let key_len = rec.key_len as usize;
+        let head = r as usize * cs;
+        hasher.update(&self.heads[head..head + key_len.min(cs)]);
+        let mut left = key_len.saturating_sub(cs);
         let mut c = rec.first_chunk;
         while left > 0 {
             let n = left.min(self.chunk_size);
@@ -1547,15 +1609,22 @@ mod tests {
                     set(&mut v, &g, &[i; 9], &[i; 30], 0, 1);
                 }
             }
-            // Scribble over the metadata region (meta, index, records, links).
-            let arena_off = g.shard.arena_off;
+            // Scribble over the metadata (meta, index, records, links), not the key and
+            // value bytes (heads, arena), which carry no checksum.
+            let (heads_off, links_off) = (g.shard.heads_off, g.shard.links_off);
+            let meta_len = heads_off + (g.shard.arena_off - links_off);
             let bytes = s.bytes_mut();
             let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
             for _ in 0..(seed % 16 + 1) {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                let at = (x as usize) % arena_off;
+                let at = (x as usize) % meta_len;
+                let at = if at < heads_off {
+                    at
+                } else {
+                    links_off + (at - heads_off)
+                };
                 bytes[at] = (x >> 40) as u8;
             }
             let mut v = s.view();
