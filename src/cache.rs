@@ -53,7 +53,7 @@ impl Default for Options {
             capacity_bytes: 64 << 20,
             max_entries: None,
             shards: 16,
-            chunk_size: 64,
+            chunk_size: 128,
             max_key_len: 1024,
             max_value_len: None,
             default_ttl: None,
@@ -69,7 +69,7 @@ impl Default for Options {
 
 impl Options {
     /// Defaults: 64 MiB of key+value storage, one entry per 256 bytes of it, 16 shards,
-    /// 64-byte chunks, keys up to 1 KiB, values up to 1 MiB, no default TTL, mode 0600,
+    /// 128-byte chunks, keys up to 1 KiB, values up to 1 MiB, no default TTL, mode 0600,
     /// 1 s lock timeout.
     pub fn new() -> Options {
         Options::default()

@@ -121,8 +121,12 @@ pub struct ShardMeta {
     pub recoveries: u64,
     /// Explicit removals (delete/take).
     pub deletes: u64,
+    /// Live entries with a deadline: while zero, stores skip the expiry sweep.
+    pub expiring: u32,
     /// Reserved; zero.
-    pub _reserved: [u64; 4],
+    pub _reserved0: u32,
+    /// Reserved; zero.
+    pub _reserved: [u64; 3],
 }
 
 /// One entry's metadata. 32 bytes.
@@ -234,6 +238,7 @@ const _: () = {
     assert!(size_of::<ShardMeta>() == 128);
     assert!(offset_of!(ShardMeta, bytes_used) == 32);
     assert!(offset_of!(ShardMeta, recoveries) == 80);
+    assert!(offset_of!(ShardMeta, expiring) == 96);
     assert!(size_of::<Record>() == 32);
     assert!(offset_of!(Record, key_len) == 16);
     assert!(offset_of!(Record, value_len) == 20);

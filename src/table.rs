@@ -240,6 +240,7 @@ impl<'a> ShardView<'a> {
         m.free_chunks = c;
         m.sweep_cursor = 0;
         m.bytes_used = 0;
+        m.expiring = 0;
     }
 
     // ----- small checked accessors -------------------------------------------------------
@@ -603,6 +604,7 @@ impl<'a> ShardView<'a> {
             .meta
             .bytes_used
             .saturating_sub(Self::entry_len(&rec) as u64);
+        self.deadline_changed(rec.expires_at, 0);
         Ok(())
     }
 
@@ -624,8 +626,23 @@ impl<'a> ShardView<'a> {
         }
     }
 
-    /// Reclaims up to `budget` expired entries, resuming a cursor over the records.
+    /// Keeps `meta.expiring` in step when a live entry's deadline goes from `old` to `new`
+    /// (0 = none; an entry removed goes to 0).
+    #[inline]
+    fn deadline_changed(&mut self, old: u64, new: u64) {
+        match (old != 0, new != 0) {
+            (false, true) => self.meta.expiring += 1,
+            (true, false) => self.meta.expiring = self.meta.expiring.saturating_sub(1),
+            _ => {}
+        }
+    }
+
+    /// Reclaims up to `budget` expired entries, resuming a cursor over the records. Free
+    /// when no entry has a deadline.
     pub fn sweep(&mut self, now: &mut Now, budget: u32) -> TResult<u32> {
+        if self.meta.expiring == 0 {
+            return Ok(0);
+        }
         let n = self.recs.len() as u32;
         let mut removed = 0;
         for _ in 0..budget.min(n) {
@@ -815,6 +832,7 @@ impl<'a> ShardView<'a> {
                 x.value_len = value.len() as u32;
                 x.expires_at = expires_at;
                 x.state = REC_LIVE;
+                self.deadline_changed(old.expires_at, expires_at);
                 self.meta.bytes_used =
                     self.meta.bytes_used.saturating_sub(old.value_len as u64) + value.len() as u64;
                 self.touch(r)?;
@@ -850,6 +868,8 @@ impl<'a> ShardView<'a> {
                 crate::fault::hit(crate::fault::FaultPoint::StoreMidWrite);
                 self.lru_push_front(r)?;
                 self.rec_mut(r)?.state = REC_LIVE;
+                let at = self.rec(r)?.expires_at;
+                self.deadline_changed(0, at);
                 self.meta.len += 1;
                 self.meta.bytes_used += (key.len() + value.len()) as u64;
             }
@@ -899,7 +919,8 @@ impl<'a> ShardView<'a> {
     pub fn set_deadline(&mut self, key: &[u8], h: u32, at: u64, now: &mut Now) -> TResult<bool> {
         match self.find_live(key, h, now)? {
             Some((_, r)) => {
-                self.rec_mut(r)?.expires_at = at;
+                let old = std::mem::replace(&mut self.rec_mut(r)?.expires_at, at);
+                self.deadline_changed(old, at);
                 Ok(true)
             }
             None => Ok(false),
@@ -1093,6 +1114,7 @@ impl<'a> ShardView<'a> {
         let mut i = m.lru_head;
         let mut count = 0u32;
         let mut bytes = 0u64;
+        let mut expiring = 0u32;
         while i != NIL {
             let r = self
                 .recs
@@ -1109,6 +1131,7 @@ impl<'a> ShardView<'a> {
             }
             r.state |= REC_VISITED;
             bytes += Self::entry_len(r) as u64;
+            expiring += u32::from(r.expires_at != 0);
             count += 1;
             prev = i;
             i = r.next;
@@ -1121,6 +1144,9 @@ impl<'a> ShardView<'a> {
         }
         if bytes != m.bytes_used {
             return Err(format!("bytes_used {} should be {bytes}", m.bytes_used));
+        }
+        if expiring != m.expiring {
+            return Err(format!("expiring {} should be {expiring}", m.expiring));
         }
         if let Some(i) = self
             .recs
@@ -1282,6 +1308,7 @@ impl<'a> ShardView<'a> {
         let mut tail: u32 = NIL;
         let mut count = 0u32;
         let mut bytes = 0u64;
+        let mut expiring = 0u32;
         let push = |recs: &mut [Record], i: u32, order: &mut u32, tail: &mut u32| {
             recs[i as usize].state |= REC_VISITED;
             recs[i as usize].prev = *tail;
@@ -1304,6 +1331,7 @@ impl<'a> ShardView<'a> {
             push(self.recs, i, &mut order, &mut tail);
             count += 1;
             bytes += Self::entry_len(&rec) as u64;
+            expiring += u32::from(rec.expires_at != 0);
             i = next;
             steps += 1;
         }
@@ -1313,6 +1341,7 @@ impl<'a> ShardView<'a> {
                 push(self.recs, r, &mut order, &mut tail);
                 count += 1;
                 bytes += Self::entry_len(&rec) as u64;
+                expiring += u32::from(rec.expires_at != 0);
             }
         }
         // 3. Free chunks: every unclaimed chunk; then drop the marks.
@@ -1346,6 +1375,7 @@ impl<'a> ShardView<'a> {
         m.lru_tail = tail;
         m.len = count;
         m.bytes_used = bytes;
+        m.expiring = expiring;
         m.free_rec_head = free_rec;
         m.free_chunk_head = free_head;
         m.free_chunks = free;
