@@ -302,38 +302,22 @@ impl<'a> ShardView<'a> {
         &self,
         r: u32,
         first: u32,
-        mut off: usize,
+        off: usize,
         len: usize,
         mut f: impl FnMut(&[u8]) -> bool,
     ) -> TResult<()> {
         if len == 0 {
             return Ok(());
         }
-        let cs = self.chunk_size;
+        let (mut at, mut off) = self.seek(first, off)?;
         let mut left = len;
-        if off < cs {
-            let head = self.head(r)?;
-            let n = (cs - off).min(left);
-            if !f(&head[off..off + n]) {
-                return Ok(());
-            }
-            left -= n;
-            if left == 0 {
-                return Ok(());
-            }
-            off = 0;
-        } else {
-            off -= cs;
-        }
-        let mut c = first;
-        while off >= cs {
-            c = self.next_chunk(c)?;
-            off -= cs;
-        }
         loop {
-            let chunk = self.chunk(c)?;
-            let n = (cs - off).min(left);
-            if !f(&chunk[off..off + n]) {
+            let piece = match at {
+                None => self.head(r)?,
+                Some(c) => self.chunk(c)?,
+            };
+            let n = (self.chunk_size - off).min(left);
+            if !f(&piece[off..off + n]) {
                 return Ok(());
             }
             left -= n;
@@ -341,53 +325,69 @@ impl<'a> ShardView<'a> {
                 return Ok(());
             }
             off = 0;
-            c = self.next_chunk(c)?;
+            at = Some(self.after(at, first)?);
         }
     }
 
     /// Writes `src` at byte `off` of record `r`'s entry (head chunk, then the chain at
     /// `first`).
-    fn write_at(&mut self, r: u32, first: u32, mut off: usize, src: &[u8]) -> TResult<()> {
+    fn write_at(&mut self, r: u32, first: u32, off: usize, src: &[u8]) -> TResult<()> {
         if src.is_empty() {
             return Ok(());
         }
+        let (mut at, mut off) = self.seek(first, off)?;
         let cs = self.chunk_size;
         let mut done = 0;
-        if off < cs {
-            let start = r as usize * cs;
-            let n = (cs - off).min(src.len());
-            let dst = self
-                .heads
-                .get_mut(start + off..start + off + n)
-                .ok_or(TableError::Corrupt("record index out of range"))?;
-            dst.copy_from_slice(&src[..n]);
-            done = n;
-            if done == src.len() {
-                return Ok(());
-            }
-            off = 0;
-        } else {
-            off -= cs;
-        }
-        let mut c = first;
-        while off >= cs {
-            c = self.next_chunk(c)?;
-            off -= cs;
-        }
         loop {
-            let start = c as usize * cs;
             let n = (cs - off).min(src.len() - done);
-            let dst = self
-                .arena
+            let (area, start, what) = match at {
+                None => (
+                    &mut *self.heads,
+                    r as usize * cs,
+                    "record index out of range",
+                ),
+                Some(c) => (
+                    &mut *self.arena,
+                    c as usize * cs,
+                    "chunk index out of range",
+                ),
+            };
+            let dst = area
                 .get_mut(start + off..start + off + n)
-                .ok_or(TableError::Corrupt("chunk index out of range"))?;
+                .ok_or(TableError::Corrupt(what))?;
             dst.copy_from_slice(&src[done..done + n]);
             done += n;
             if done == src.len() {
                 return Ok(());
             }
             off = 0;
+            at = Some(self.after(at, first)?);
+        }
+    }
+
+    /// Where byte `off` of an entry lies: in the head (`None`) or in an overflow chunk of
+    /// the chain at `first`, and at which offset inside it.
+    #[inline]
+    fn seek(&self, first: u32, mut off: usize) -> TResult<(Option<u32>, usize)> {
+        let cs = self.chunk_size;
+        if off < cs {
+            return Ok((None, off));
+        }
+        off -= cs;
+        let mut c = first;
+        while off >= cs {
             c = self.next_chunk(c)?;
+            off -= cs;
+        }
+        Ok((Some(c), off))
+    }
+
+    /// The chunk after `at` (the head, or an overflow chunk) in the chain at `first`.
+    #[inline]
+    fn after(&self, at: Option<u32>, first: u32) -> TResult<u32> {
+        match at {
+            None => Ok(first),
+            Some(c) => self.next_chunk(c),
         }
     }
 
@@ -851,6 +851,10 @@ impl<'a> ShardView<'a> {
                 self.write_at(r, first, 0, key)?;
                 self.write_at(r, first, key.len(), value)?;
                 self.meta.free_rec_head = next_free;
+                let expires_at = match deadline {
+                    Deadline::At(t) => t,
+                    Deadline::Keep { default } => default,
+                };
                 *self.rec_mut(r)? = Record {
                     hash: h,
                     prev: NIL,
@@ -859,17 +863,13 @@ impl<'a> ShardView<'a> {
                     key_len: key.len() as u16,
                     state: REC_WRITING,
                     value_len: value.len() as u32,
-                    expires_at: match deadline {
-                        Deadline::At(t) => t,
-                        Deadline::Keep { default } => default,
-                    },
+                    expires_at,
                 };
                 self.index_insert(r, h)?;
                 crate::fault::hit(crate::fault::FaultPoint::StoreMidWrite);
                 self.lru_push_front(r)?;
                 self.rec_mut(r)?.state = REC_LIVE;
-                let at = self.rec(r)?.expires_at;
-                self.deadline_changed(0, at);
+                self.deadline_changed(0, expires_at);
                 self.meta.len += 1;
                 self.meta.bytes_used += (key.len() + value.len()) as u64;
             }
