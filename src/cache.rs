@@ -151,7 +151,7 @@ impl Options {
     }
 
     /// The geometry these options create.
-    pub fn geometry(&self) -> Result<Geometry> {
+    pub(crate) fn geometry(&self) -> Result<Geometry> {
         let bad = |m: String| Error::InvalidArgument(m);
         if self.shards == 0 {
             return Err(bad("shards must be at least 1".into()));

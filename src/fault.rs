@@ -19,6 +19,7 @@ pub enum FaultPoint {
 }
 
 /// What happens at an armed point.
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum FaultAction {

@@ -506,7 +506,7 @@ impl Geometry {
     }
 
     /// A header describing this geometry (not yet marked ready).
-    pub fn to_header(&self, created_unix_ns: u64, creator_pid: u32) -> Header {
+    pub fn to_header(self, created_unix_ns: u64, creator_pid: u32) -> Header {
         Header {
             magic: MAGIC,
             layout_version: LAYOUT_VERSION,
@@ -541,6 +541,7 @@ impl Geometry {
 
     /// Overflow chunks an entry of `len` key + value bytes needs beyond its head chunk.
     #[inline]
+    #[cfg_attr(not(any(test, feature = "test-support")), allow(dead_code))]
     pub fn overflow_chunks(&self, len: usize) -> u32 {
         len.saturating_sub(self.chunk_size as usize)
             .div_ceil(self.chunk_size as usize) as u32

@@ -31,20 +31,35 @@ mod cache;
 mod clock;
 mod coord;
 mod error;
+#[cfg(feature = "fault-injection")]
+#[doc(hidden)]
 pub mod fault;
+#[cfg(not(feature = "fault-injection"))]
+mod fault;
 pub mod forkache;
-pub mod layout;
+mod layout;
 mod listing;
 mod memo;
+#[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub mod model;
 mod name;
-mod sys;
-#[doc(hidden)]
-pub use sys::floor::Floor;
 mod sync;
-pub mod table;
+mod sys;
+mod table;
 mod typed;
+
+/// Test and benchmark support (the `test-support` feature): not part of the API, no
+/// stability promise.
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
+pub mod support {
+    /// The robust process-shared mutex the shards use, for the CLI's benchmark floor.
+    pub mod robust {
+        pub use crate::layout::LOCK_BLOCK;
+        pub use crate::sys::robust::{init, lock, Acquired, Held, LockError};
+    }
+}
 
 pub use cache::{
     Cache, CheckReport, Expiry, Info, Keys, Options, RepairSummary, SetOutcome, ShardStats, Stats,

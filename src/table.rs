@@ -51,6 +51,7 @@ pub struct Now {
 
 impl Now {
     /// A fixed time (tests, or a time already read).
+    #[cfg_attr(not(any(test, feature = "test-support")), allow(dead_code))]
     pub fn fixed(value: u64) -> Now {
         Now {
             value,
@@ -721,6 +722,7 @@ impl<'a> ShardView<'a> {
     }
 
     /// The LRU successor (less recent) of record `r`, or `NIL`.
+    #[cfg_attr(not(any(test, feature = "test-support")), allow(dead_code))]
     pub fn lru_next(&self, r: u32) -> TResult<u32> {
         Ok(self.rec(r)?.next)
     }
@@ -731,6 +733,7 @@ impl<'a> ShardView<'a> {
     }
 
     /// Absolute expiry of record `r` (0 = never).
+    #[cfg_attr(not(any(test, feature = "test-support")), allow(dead_code))]
     pub fn expires_at(&self, r: u32) -> TResult<u64> {
         Ok(self.rec(r)?.expires_at)
     }

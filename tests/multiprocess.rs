@@ -11,7 +11,6 @@ use shmemcache::fault::{self, FaultAction, FaultPoint};
 use shmemcache::{Cache, Error, Expiry, Options};
 use std::io::{Read, Write};
 use std::panic::AssertUnwindSafe;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -22,56 +21,6 @@ fn small(shards: u32) -> Options {
         .capacity_bytes(1 << 20)
         .shards(shards)
         .lock_timeout(Duration::from_millis(500))
-}
-
-fn cli() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_shmemcache"))
-}
-
-#[test]
-fn forked_children_and_a_separate_binary_share_one_cache() {
-    let name = Name::new("share");
-    let cache = small(4).create(&name).unwrap();
-    cache.set(b"from-parent", b"p").unwrap();
-    let kids: Vec<Pid> = (0..3)
-        .map(|i| {
-            let n = name.0.clone();
-            spawn(move || {
-                // Both the inherited handle and a fresh one by name must work in the child.
-                let fresh = Cache::open_existing(&n).unwrap();
-                assert_eq!(
-                    fresh.get(b"from-parent").unwrap().as_deref(),
-                    Some(&b"p"[..])
-                );
-                fresh
-                    .set(format!("child-{i}").as_bytes(), format!("v{i}").as_bytes())
-                    .unwrap();
-                0
-            })
-        })
-        .collect();
-    kids.into_iter().for_each(assert_exits_ok);
-    // The children have exited (and dropped their handles): the segment is still there.
-    assert!(std::path::Path::new(&format!("/dev/shm/{}", &*name)).exists());
-    for i in 0..3 {
-        assert_eq!(
-            cache.get(format!("child-{i}").as_bytes()).unwrap(),
-            Some(format!("v{i}").into_bytes())
-        );
-    }
-    // A separately launched program reads and writes the same cache by name.
-    let out = cli().args(["get", &name, "child-1"]).output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(out.stdout, b"v1\n");
-    let out = cli()
-        .args(["set", &name, "from-cli", "c"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(cache.get(b"from-cli").unwrap().as_deref(), Some(&b"c"[..]));
-    let out = cli().args(["incr", &name, "n", "7"]).output().unwrap();
-    assert_eq!(out.stdout, b"7\n");
-    assert_eq!(cache.incr(b"n", 1).unwrap(), 8);
 }
 
 #[test]
@@ -560,19 +509,4 @@ fn oversized_and_zero_ttl_writes_fail_and_keep_the_old_value() {
         cache.get_into(b"k", &mut small_buf),
         Err(Error::BufferTooSmall { needed: 3, len: 2 })
     ));
-}
-
-#[test]
-fn cli_errors_are_one_line_and_nonzero() {
-    let out = cli()
-        .args(["get", "no-such-segment-xyz", "k"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("does not exist"), "{err}");
-    let out = cli().args(["create", "../evil"]).output().unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid segment name"));
 }

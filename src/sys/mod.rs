@@ -2,7 +2,6 @@
 //! the robust process-shared mutex, futexes, process identity, and the fork hook.
 //! Everything above works on slices.
 
-pub mod floor;
 pub mod fork;
 pub mod futex;
 pub mod process;

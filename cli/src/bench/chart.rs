@@ -1,11 +1,11 @@
 //! The SVG chart of `bench --out`: throughput and p99 latency against process count, one
-//! line per target (the `bench-chart` feature; without it nothing is drawn).
+//! line per target (the `chart` feature; without it the caller says it was not drawn).
 
 use super::RunResult;
 use std::path::Path;
 
 /// Writes the chart, or explains why it is not drawn in this build.
-#[cfg(feature = "bench-chart")]
+#[cfg(feature = "chart")]
 pub fn write_svg(path: &Path, results: &[RunResult]) -> Result<(), String> {
     use plotters::prelude::*;
 
@@ -68,8 +68,11 @@ pub fn write_svg(path: &Path, results: &[RunResult]) -> Result<(), String> {
     root.present().map_err(|e| e.to_string())
 }
 
-/// Without the `bench-chart` feature only bench.json is written.
-#[cfg(not(feature = "bench-chart"))]
+/// Whether this build can draw the chart.
+pub const BUILT: bool = cfg!(feature = "chart");
+
+/// Without the `chart` feature there is no SVG backend: nothing is drawn.
+#[cfg(not(feature = "chart"))]
 pub fn write_svg(_path: &Path, _results: &[RunResult]) -> Result<(), String> {
-    Ok(())
+    Err("drawing bench.svg needs the `chart` feature of shmemcache-cli".into())
 }

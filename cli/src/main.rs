@@ -1,19 +1,34 @@
 //! `shmemcache`: inspect and change a live cache by name, and benchmark IPC caches.
 //!
 //! Every subcommand prints human-readable text by default and one JSON document with
-//! `--json`. Errors are one line on stderr: exit code 2 for errors, 1 for "not found" or an
-//! unhealthy `check`.
+//! `--json` (`stats --watch --json` prints JSON Lines: one document per refresh). Errors
+//! are one line on stderr: exit code 1 for "not found" (a missing segment or key) or an
+//! unhealthy `check`, 2 for every other error.
+//!
+//! Keys are printed escaped (`\x00` for a NUL byte, `\\` for a backslash) and read back
+//! the same way, so any key `keys` lists can be given to `get`, `del` or `ttl`; `--hex`
+//! takes and prints keys as hex instead.
 
 mod bench;
+mod keys;
 mod units;
 
 use clap::{Parser, Subcommand};
+use keys::KeyArg;
 use serde_json::{json, Value};
 use shmemcache::{Cache, Error, Expiry, Options, ShardStats};
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use units::{fmt_bytes, fmt_duration, parse_duration, parse_mode, parse_size};
+use units::{fmt_bytes, fmt_duration, parse_duration, parse_mode, parse_size, parse_ttl};
+
+/// A TTL on the command line: a duration such as `30s` or `1.5h`, or `never`.
+#[derive(Clone, Copy, Debug)]
+struct Ttl(Option<Duration>);
+
+fn ttl_arg(s: &str) -> Result<Ttl, String> {
+    parse_ttl(s).map(Ttl)
+}
 
 #[derive(Parser)]
 #[command(
@@ -22,9 +37,16 @@ use units::{fmt_bytes, fmt_duration, parse_duration, parse_mode, parse_size};
     about = "Shared-memory LRU cache: inspect and change a cache by name, benchmark IPC caches"
 )]
 struct Cli {
-    /// Print one JSON document instead of text.
+    /// Print one JSON document instead of text (JSON Lines, one object per refresh, for
+    /// `stats --watch`).
     #[arg(long, global = true)]
     json: bool,
+    /// Keys on the command line and in output are hex (`00ff41`) instead of escaped text.
+    #[arg(long, global = true)]
+    hex: bool,
+    /// Print nothing on success for commands that change the cache (set, del, ...).
+    #[arg(long, short, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -43,9 +65,9 @@ enum Cmd {
         /// Number of shards.
         #[arg(long, default_value_t = 16)]
         shards: u32,
-        /// Default TTL, e.g. 5m.
-        #[arg(long, value_parser = parse_duration)]
-        ttl: Option<Duration>,
+        /// Default TTL of entries stored without one: e.g. 5m, 1.5h, or never (the default).
+        #[arg(long, value_parser = ttl_arg)]
+        ttl: Option<Ttl>,
         /// File mode, octal.
         #[arg(long, default_value = "600", value_parser = parse_mode)]
         mode: u32,
@@ -55,11 +77,12 @@ enum Cmd {
     /// Show counters; with --watch, refresh with rates.
     Stats {
         name: String,
-        /// Refresh every interval (e.g. 1s) until interrupted.
+        /// Refresh every interval (e.g. 1s) until interrupted; with --json, one JSON object
+        /// per line (JSON Lines).
         #[arg(long, value_parser = parse_duration, num_args = 0..=1, default_missing_value = "1s")]
         watch: Option<Duration>,
-        /// With --watch: stop after this many refreshes.
-        #[arg(long)]
+        /// Stop after this many refreshes (needs --watch).
+        #[arg(long, requires = "watch")]
         count: Option<u64>,
     },
     /// List every shmemcache segment on this machine.
@@ -71,13 +94,13 @@ enum Cmd {
         name: String,
         key: String,
         value: String,
-        /// TTL, e.g. 30s; none = the segment's default.
-        #[arg(long, value_parser = parse_duration)]
-        ttl: Option<Duration>,
+        /// TTL, e.g. 30s or 1.5h, or never; without it the segment's default TTL applies.
+        #[arg(long, value_parser = ttl_arg)]
+        ttl: Option<Ttl>,
     },
     /// Delete a key.
     Del { name: String, key: String },
-    /// Show a key's remaining TTL.
+    /// Show a key's remaining TTL (e.g. 4m59.96s, or never).
     Ttl { name: String, key: String },
     /// Add to an integer value.
     Incr {
@@ -86,10 +109,10 @@ enum Cmd {
         #[arg(default_value_t = 1, allow_hyphen_values = true)]
         delta: i64,
     },
-    /// List keys.
+    /// List keys, escaped (or hex with --hex), one per line.
     Keys {
         name: String,
-        /// Only keys starting with this.
+        /// Only keys starting with this (escaped like a key argument).
         #[arg(long)]
         prefix: Option<String>,
         /// At most this many.
@@ -127,11 +150,33 @@ impl Output {
 }
 
 fn not_found(key: &str) -> Output {
-    eprintln!("shmemcache: key {key:?} not found");
+    eprintln!("shmemcache: key {key} not found");
     Output {
         json: json!({ "found": false, "key": key }),
         text: String::new(),
         code: 1,
+    }
+}
+
+/// How this invocation reads and prints.
+#[derive(Clone, Copy)]
+struct Ctx {
+    json: bool,
+    keys: KeyArg,
+    quiet: bool,
+}
+
+impl Ctx {
+    fn key(&self, s: &str) -> Result<Vec<u8>, Error> {
+        self.keys.parse(s).map_err(Error::InvalidArgument)
+    }
+    /// What a command that changed the cache says, unless `--quiet`.
+    fn said(&self, text: String) -> String {
+        if self.quiet {
+            String::new()
+        } else {
+            text
+        }
     }
 }
 
@@ -148,7 +193,8 @@ fn open(name: &str) -> Result<Cache, Error> {
     Options::new().open_existing(name)
 }
 
-fn run(cmd: Cmd, as_json: bool) -> Result<Output, Error> {
+fn run(cmd: Cmd, ctx: Ctx) -> Result<Output, Error> {
+    let as_json = ctx.json;
     Ok(match cmd {
         Cmd::Create {
             name,
@@ -161,7 +207,7 @@ fn run(cmd: Cmd, as_json: bool) -> Result<Output, Error> {
             let mut o = Options::new()
                 .capacity_bytes(capacity)
                 .shards(shards)
-                .default_ttl(ttl)
+                .default_ttl(ttl.and_then(|t| t.0))
                 .mode(mode);
             if let Some(n) = max_entries {
                 o = o.max_entries(n);
@@ -234,12 +280,14 @@ fn run(cmd: Cmd, as_json: bool) -> Result<Output, Error> {
                 .collect();
             Output::ok(json!({ "segments": rows }), text)
         }
-        Cmd::Get { name, key } => match open(&name)?.get(key.as_bytes())? {
+        Cmd::Get { name, key } => match open(&name)?.get(&ctx.key(&key)?)? {
             Some(v) => {
                 if as_json {
+                    let text = std::str::from_utf8(&v).ok();
                     Output::ok(
                         json!({ "found": true, "key": key,
-                                "value": String::from_utf8_lossy(&v) }),
+                                "value": text.map_or_else(|| keys::escape(&v), str::to_string),
+                                "binary": text.is_none() }),
                         "",
                     )
                 } else {
@@ -259,29 +307,46 @@ fn run(cmd: Cmd, as_json: bool) -> Result<Output, Error> {
             ttl,
         } => {
             let c = open(&name)?;
+            let k = ctx.key(&key)?;
             let r = match ttl {
-                Some(t) => c.set_ttl(key.as_bytes(), value.as_bytes(), Some(t))?,
-                None => c.set(key.as_bytes(), value.as_bytes())?,
+                Some(Ttl(t)) => c.set_ttl(&k, value.as_bytes(), t)?,
+                None => c.set(&k, value.as_bytes())?,
             };
-            Output::ok(json!({ "stored": true, "evicted": r.evicted }), "")
+            let expiry = match c.ttl(&k)? {
+                Some(Expiry::In(d)) => format!(", expires in {}", fmt_duration(d)),
+                _ => String::new(),
+            };
+            let evicted = match r.evicted {
+                0 => String::new(),
+                n => format!(", evicted {n} to make room"),
+            };
+            Output::ok(
+                json!({ "stored": true, "key": key, "evicted": r.evicted }),
+                ctx.said(format!(
+                    "stored {key} ({} bytes{expiry}{evicted})",
+                    value.len()
+                )),
+            )
         }
         Cmd::Del { name, key } => {
-            if open(&name)?.delete(key.as_bytes())? {
-                Output::ok(json!({ "deleted": true }), "")
+            if open(&name)?.delete(&ctx.key(&key)?)? {
+                Output::ok(
+                    json!({ "deleted": true, "key": key }),
+                    ctx.said(format!("deleted {key}")),
+                )
             } else {
                 not_found(&key)
             }
         }
-        Cmd::Ttl { name, key } => match open(&name)?.ttl(key.as_bytes())? {
+        Cmd::Ttl { name, key } => match open(&name)?.ttl(&ctx.key(&key)?)? {
             Some(Expiry::Never) => Output::ok(json!({ "ttl_ms": null }), "never"),
-            Some(Expiry::In(d)) => Output::ok(
-                json!({ "ttl_ms": d.as_millis() as u64 }),
-                format!("{}ms", d.as_millis()),
-            ),
+            Some(Expiry::In(d)) => {
+                Output::ok(json!({ "ttl_ms": d.as_millis() as u64 }), fmt_duration(d))
+            }
             None => not_found(&key),
         },
         Cmd::Incr { name, key, delta } => {
-            let v = open(&name)?.incr(key.as_bytes(), delta)?;
+            let v = open(&name)?.incr(&ctx.key(&key)?, delta)?;
             Output::ok(json!({ "value": v }), v.to_string())
         }
         Cmd::Keys {
@@ -290,17 +355,15 @@ fn run(cmd: Cmd, as_json: bool) -> Result<Output, Error> {
             limit,
         } => {
             let c = open(&name)?;
+            let prefix = prefix.map(|p| ctx.key(&p)).transpose()?;
             let mut keys = Vec::new();
             for k in c.keys() {
                 if limit.is_some_and(|l| keys.len() >= l) {
                     break;
                 }
                 let k = k?;
-                if prefix
-                    .as_ref()
-                    .map_or(true, |p| k.starts_with(p.as_bytes()))
-                {
-                    keys.push(String::from_utf8_lossy(&k).into_owned());
+                if prefix.as_ref().map_or(true, |p| k.starts_with(p)) {
+                    keys.push(ctx.keys.show(&k));
                 }
             }
             let text = keys.join("\n");
@@ -308,11 +371,15 @@ fn run(cmd: Cmd, as_json: bool) -> Result<Output, Error> {
         }
         Cmd::Clear { name } => {
             let n = open(&name)?.clear()?;
-            Output::ok(json!({ "cleared": n }), format!("cleared {n} entries"))
+            Output::ok(
+                json!({ "cleared": n }),
+                ctx.said(format!("cleared {n} entries")),
+            )
         }
         Cmd::Unlink { name } => {
             Cache::unlink(&name)?;
-            Output::ok(json!({ "unlinked": name }), "")
+            let text = ctx.said(format!("unlinked {name}"));
+            Output::ok(json!({ "unlinked": name }), text)
         }
         Cmd::Check { name } => {
             let r = open(&name)?.check()?;
@@ -473,7 +540,12 @@ fn watch_stats(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let as_json = cli.json;
-    match run(cli.cmd, as_json) {
+    let ctx = Ctx {
+        json: cli.json,
+        keys: KeyArg { hex: cli.hex },
+        quiet: cli.quiet,
+    };
+    match run(cli.cmd, ctx) {
         Ok(o) => {
             let mut out = std::io::stdout().lock();
             if as_json {
@@ -490,7 +562,12 @@ fn main() -> ExitCode {
                 let _ = writeln!(std::io::stdout(), "{}", json!({ "error": e.to_string() }));
             }
             eprintln!("shmemcache: {e}");
-            ExitCode::from(2)
+            // "Not found" is 1 whether a key or the segment is missing; 2 is every other error.
+            ExitCode::from(if matches!(e, Error::NotFound { .. }) {
+                1
+            } else {
+                2
+            })
         }
     }
 }

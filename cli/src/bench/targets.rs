@@ -5,7 +5,8 @@
 //! handle), as separately started processes would.
 
 use super::Workload;
-use shmemcache::{Cache, Floor, Options};
+use shmemcache::{Cache, Options};
+use shmemcache_cli::floor::Floor;
 use std::sync::{Arc, Mutex};
 
 /// Copies a fetched value into the worker's buffer (as much as fits); true = a hit.
@@ -44,8 +45,8 @@ pub fn known() -> [(&'static str, bool); 4] {
     [
         ("floor", true),
         ("lru", true),
-        ("lmdb", cfg!(feature = "bench-lmdb")),
-        ("redis", cfg!(feature = "bench-redis")),
+        ("lmdb", cfg!(feature = "lmdb")),
+        ("redis", cfg!(feature = "redis")),
     ]
 }
 
@@ -57,9 +58,9 @@ pub fn make(name: &str, opts: &super::BenchArgs) -> Result<Box<dyn Target>, Stri
             shards: opts.shards as usize,
         })),
         "lru" => Ok(Box::new(LruTarget)),
-        #[cfg(feature = "bench-lmdb")]
+        #[cfg(feature = "lmdb")]
         "lmdb" => Ok(Box::new(lmdb::LmdbTarget::default())),
-        #[cfg(feature = "bench-redis")]
+        #[cfg(feature = "redis")]
         "redis" => Ok(Box::new(redis_target::RedisTarget::new(opts))),
         other => {
             let list: Vec<String> = known()
@@ -68,7 +69,7 @@ pub fn make(name: &str, opts: &super::BenchArgs) -> Result<Box<dyn Target>, Stri
                     if *built {
                         n.to_string()
                     } else {
-                        format!("{n} (needs feature bench-{n})")
+                        format!("{n} (needs the `{n}` feature of shmemcache-cli)")
                     }
                 })
                 .collect();
@@ -216,7 +217,7 @@ impl Worker for LruWorker {
 
 // ----- LMDB -------------------------------------------------------------------------------
 
-#[cfg(feature = "bench-lmdb")]
+#[cfg(feature = "lmdb")]
 mod lmdb {
     use super::{Target, Worker, Workload};
     use heed::types::Bytes;
@@ -307,7 +308,7 @@ mod lmdb {
 
 // ----- Redis ------------------------------------------------------------------------------
 
-#[cfg(feature = "bench-redis")]
+#[cfg(feature = "redis")]
 mod redis_target {
     use super::{Target, Worker, Workload};
     use std::path::PathBuf;

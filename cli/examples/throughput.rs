@@ -7,13 +7,17 @@
 //! cache logic. Prints ops/s, p50/p99 latency and the ratio to the floor.
 //!
 //! ```text
-//! cargo run --release --example throughput -- [--procs 2] [--secs 1] [--keys 10000]
-//!                                              [--value 100] [--shards 16] [--runs 3]
+//! cargo run --release -p shmemcache-cli --example throughput -- --help
 //! ```
 
+use clap::Parser;
 use nix::sys::wait::waitpid;
 use nix::unistd::{fork, ForkResult};
-use shmemcache::{Cache, Floor, Options};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
+use shmemcache::{Cache, Options};
+use shmemcache_cli::floor::Floor;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
@@ -21,51 +25,33 @@ const SEGMENT: &str = "shmemcache-demo";
 const SAMPLE_EVERY: u64 = 32;
 const MAX_SAMPLES: usize = 16_384;
 
+/// Multi-process throughput of shmemcache against the floor, measured in one run.
+#[derive(Parser)]
 struct Args {
-    procs: usize,
+    /// Worker processes.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+    procs: u16,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 1.0)]
     secs: f64,
-    keys: usize,
-    value: usize,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    keys: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    value: u64,
+    /// Shards of the demo segment and of the floor.
+    #[arg(long, default_value_t = 16)]
     shards: u32,
-    runs: usize,
-}
-
-fn args() -> Args {
-    let mut a = Args {
-        procs: 2,
-        secs: 1.0,
-        keys: 10_000,
-        value: 100,
-        shards: 16,
-        runs: 3,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let val = it.next().unwrap_or_default();
-        let bad = || -> ! {
-            eprintln!("bad value {val:?} for {flag}");
-            std::process::exit(2)
-        };
-        match flag.as_str() {
-            "--procs" => a.procs = val.parse().unwrap_or_else(|_| bad()),
-            "--secs" => a.secs = val.parse().unwrap_or_else(|_| bad()),
-            "--keys" => a.keys = val.parse().unwrap_or_else(|_| bad()),
-            "--value" => a.value = val.parse().unwrap_or_else(|_| bad()),
-            "--shards" => a.shards = val.parse().unwrap_or_else(|_| bad()),
-            "--runs" => {
-                a.runs = val
-                    .parse()
-                    .ok()
-                    .filter(|&n: &usize| n >= 1)
-                    .unwrap_or_else(|| bad())
-            }
-            _ => {
-                eprintln!("unknown flag {flag}; see the example's doc comment");
-                std::process::exit(2)
-            }
-        }
-    }
-    a
+    /// Alternating runs per mix; the pair with the median ratio is shown.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+    runs: u64,
+    /// Key popularity: uniform, or zipf with exponent --zipf-s.
+    #[arg(long, default_value = "uniform", value_parser = ["uniform", "zipf"])]
+    dist: String,
+    /// Zipf exponent.
+    #[arg(long, default_value_t = 0.99)]
+    zipf_s: f64,
 }
 
 #[derive(Clone, Copy)]
@@ -117,20 +103,18 @@ fn work(
     value: &[u8],
     mix: Mix,
     secs: f64,
+    pick: &Pick,
     seed: u64,
 ) -> (u64, Vec<u32>) {
-    let mut x = seed | 1;
+    let mut rng = SmallRng::seed_from_u64(seed);
     let mut buf = vec![0u8; value.len()];
     let mut samples = Vec::with_capacity(MAX_SAMPLES);
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut ops = 0u64;
     loop {
         for _ in 0..256 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let key = &keys[(x % keys.len() as u64) as usize];
-            let set = mix.is_set(x >> 32);
+            let key = &keys[pick.next(&mut rng)];
+            let set = mix.is_set(rng.gen::<u32>() as u64);
             let timed = ops % SAMPLE_EVERY == 0;
             let t0 = timed.then(Instant::now);
             match (t, set) {
@@ -161,7 +145,7 @@ fn work(
 }
 
 /// Forks `procs` workers running `mix` on `t` at the same time; collects their results.
-fn run(t: Target, a: &Args, keys: &[Vec<u8>], value: &[u8], mix: Mix) -> Result {
+fn run(t: Target, a: &Args, keys: &[Vec<u8>], value: &[u8], pick: &Pick, mix: Mix) -> Result {
     let (go_r, go_w) = nix::unistd::pipe().expect("pipe");
     let mut go_w = std::fs::File::from(go_w);
     let mut go_r = std::fs::File::from(go_r);
@@ -176,7 +160,8 @@ fn run(t: Target, a: &Args, keys: &[Vec<u8>], value: &[u8], mix: Mix) -> Result 
                 let mut w = std::fs::File::from(w);
                 let mut b = [0u8; 1];
                 go_r.read_exact(&mut b).expect("start signal");
-                let (ops, samples) = work(t, keys, value, mix, a.secs, 0x9E37_79B9 + p as u64);
+                let (ops, samples) =
+                    work(t, keys, value, mix, a.secs, pick, 0x9E37_79B9 + p as u64);
                 let mut out = ops.to_le_bytes().to_vec();
                 for s in samples {
                     out.extend_from_slice(&s.to_le_bytes());
@@ -194,7 +179,7 @@ fn run(t: Target, a: &Args, keys: &[Vec<u8>], value: &[u8], mix: Mix) -> Result 
         }
     }
     let started = Instant::now();
-    go_w.write_all(&vec![1u8; a.procs]).expect("start");
+    go_w.write_all(&vec![1u8; a.procs as usize]).expect("start");
     let mut total = 0u64;
     let mut lat = Vec::new();
     for mut o in outs {
@@ -224,20 +209,41 @@ fn run(t: Target, a: &Args, keys: &[Vec<u8>], value: &[u8], mix: Mix) -> Result 
     }
 }
 
+/// Which key each operation uses.
+enum Pick {
+    Uniform(usize),
+    Zipf(Zipf<f64>),
+}
+
+impl Pick {
+    fn next(&self, rng: &mut SmallRng) -> usize {
+        match self {
+            Pick::Uniform(n) => rng.gen_range(0..*n),
+            // Zipf samples ranks 1..=n.
+            Pick::Zipf(z) => z.sample(rng) as usize - 1,
+        }
+    }
+}
+
 fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
-    let a = args();
-    let keys = keys(a.keys);
-    let value = vec![0xA5u8; a.value];
+    let a = Args::parse();
+    let keys = keys(a.keys as usize);
+    let value = vec![0xA5u8; a.value as usize];
+    let pick = match a.dist.as_str() {
+        "zipf" => Pick::Zipf(Zipf::new(a.keys, a.zipf_s).map_err(|e| format!("--zipf-s: {e}"))?),
+        _ => Pick::Uniform(keys.len()),
+    };
     let _ = Cache::unlink(SEGMENT);
     let cache = Options::new().shards(a.shards).open(SEGMENT)?;
     for k in &keys {
         cache.set(k, &value)?;
     }
-    let floor = Floor::new(a.shards as usize, &keys, a.value)?;
+    let floor = Floor::new(a.shards as usize, &keys, value.len())?;
     println!(
-        "shmemcache throughput: {} processes, {} keys, {} B values, {} shards, {} s per run, median of {} alternating runs, {} cores",
+        "shmemcache throughput: {} processes, {} keys ({}), {} B values, {} shards, {} s per run, median of {} alternating runs, {} cores",
         a.procs,
         a.keys,
+        a.dist,
         a.value,
         a.shards,
         a.secs,
@@ -253,8 +259,8 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         // moment then skews one run, not the comparison.
         let mut pairs: Vec<(Result, Result)> = (0..a.runs)
             .map(|_| {
-                let c = run(Target::Cache(&cache), &a, &keys, &value, mix);
-                let f = run(Target::Floor(&floor), &a, &keys, &value, mix);
+                let c = run(Target::Cache(&cache), &a, &keys, &value, &pick, mix);
+                let f = run(Target::Floor(&floor), &a, &keys, &value, &pick, mix);
                 (c, f)
             })
             .collect();

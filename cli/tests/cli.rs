@@ -81,12 +81,29 @@ fn create_set_get_ttl_incr_del_keys_clear_unlink() {
         "5m",
     ]);
     assert_eq!(created["shards"], 2);
-    assert!(text(&["set", name, "user:1", "alice"]).is_empty());
+    let said = text(&["set", name, "user:1", "alice"]);
+    assert!(
+        said.starts_with("stored user:1 (5 bytes, expires in 4m59"),
+        "{said}"
+    );
+    assert!(text(&["--quiet", "set", name, "user:1", "alice"]).is_empty());
     assert_eq!(text(&["get", name, "user:1"]), "alice\n");
     assert_eq!(json(&["get", name, "user:1"])["value"], "alice");
     let ttl = json(&["ttl", name, "user:1"])["ttl_ms"].as_u64().unwrap();
     assert!(ttl > 290_000 && ttl <= 300_000, "{ttl}");
-    text(&["set", name, "tok", "x", "--ttl", "30s"]);
+    // Human-readable, and readable back by the duration parser.
+    let human = text(&["ttl", name, "user:1"]);
+    assert!(human.starts_with("4m5"), "{human}");
+    assert!(
+        shmemcache_cli::units::parse_duration(human.trim()).is_ok(),
+        "{human}"
+    );
+    text(&["set", name, "tok", "x", "--ttl", "1.5m"]);
+    let tok = json(&["ttl", name, "tok"])["ttl_ms"].as_u64().unwrap();
+    assert!((80_000..=90_000).contains(&tok), "1.5m gave {tok} ms");
+    text(&["set", name, "forever", "x", "--ttl", "never"]);
+    assert_eq!(text(&["ttl", name, "forever"]), "never\n");
+    assert_eq!(text(&["del", name, "forever"]), "deleted forever\n");
     assert_eq!(json(&["incr", name, "n", "5"])["value"], 5);
     assert_eq!(text(&["incr", name, "n", "-2"]), "3\n");
     let keys = json(&["keys", name, "--prefix", "user:"]);
@@ -103,8 +120,72 @@ fn create_set_get_ttl_incr_del_keys_clear_unlink() {
     fails(&["get", name, "tok"], 1);
     fails(&["ttl", name, "tok"], 1);
     assert_eq!(json(&["clear", name])["cleared"], 2);
-    assert!(text(&["unlink", name]).is_empty());
-    fails(&["info", name], 2);
+    assert_eq!(text(&["unlink", name]), format!("unlinked {name}\n"));
+    // A missing segment is "not found", like a missing key.
+    fails(&["info", name], 1);
+    fails(&["get", name, "k"], 1);
+}
+
+#[test]
+fn binary_keys_print_escaped_and_can_be_addressed() {
+    let n = Name::new("binary");
+    let name = n.0.as_str();
+    text(&[
+        "create",
+        name,
+        "--capacity",
+        "1MiB",
+        "--shards",
+        "1",
+        "--ttl",
+        "never",
+    ]);
+    let cache = Cache::open_existing(name).unwrap();
+    cache.set(b"memo\0app::f\0\x07k", b"v").unwrap();
+    cache.set(b"back\\slash", b"w").unwrap();
+    let mut listed: Vec<String> = text(&["keys", name]).lines().map(String::from).collect();
+    listed.sort();
+    assert_eq!(listed, ["back\\\\slash", "memo\\0app::f\\0\\x07k"]);
+    // Every listed key reads back through get, ttl and del.
+    for k in &listed {
+        assert!(!k.contains('\0'));
+        text(&["get", name, k]);
+        assert_eq!(text(&["ttl", name, k]), "never\n");
+    }
+    assert_eq!(text(&["get", name, "memo\\x00app::f\\0\\x07k"]), "v\n");
+    // --hex both ways.
+    let hex: Vec<String> = text(&["--hex", "keys", name, "--prefix", "6d656d6f"])
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(hex, ["6d656d6f006170703a3a6600076b"]);
+    assert_eq!(text(&["--hex", "get", name, &hex[0]]), "v\n");
+    text(&["--hex", "del", name, &hex[0]]);
+    assert_eq!(cache.get(b"memo\0app::f\0\x07k").unwrap(), None);
+    let e = fails(&["get", name, "bad\\q"], 2);
+    assert!(e.contains("unknown escape"), "{e}");
+    let e = fails(&["--hex", "get", name, "abc"], 2);
+    assert!(e.contains("odd number"), "{e}");
+}
+
+#[test]
+fn sizes_and_durations_take_decimals_tib_and_never() {
+    let n = Name::new("units");
+    let name = n.0.as_str();
+    let v = json(&[
+        "create",
+        name,
+        "--capacity",
+        "1.5MiB",
+        "--shards",
+        "1",
+        "--ttl",
+        "1.5s",
+    ]);
+    assert_eq!(v["shards"], 1);
+    assert_eq!(json(&["info", name])["default_ttl_ms"], 1500);
+    let cap = json(&["info", name])["capacity_bytes"].as_u64().unwrap();
+    assert!(cap >= 3 << 19, "1.5MiB asked, {cap} given");
 }
 
 #[test]
@@ -174,8 +255,10 @@ fn stats_watch_reports_rates() {
 #[test]
 fn errors_are_one_clear_line() {
     let missing = Name::new("missing");
-    let e = fails(&["info", &missing.0], 2);
+    let e = fails(&["info", &missing.0], 1);
     assert!(e.contains("does not exist"), "{e}");
+    let e = fails(&["stats", &missing.0, "--count", "3"], 2);
+    assert!(e.contains("--watch"), "--count needs --watch: {e}");
     let e = fails(&["get", "../etc", "k"], 2);
     assert!(e.contains("invalid segment name"), "{e}");
     let e = fails(&["create", "x", "--capacity", "12 parsecs"], 2);
@@ -236,7 +319,7 @@ fn bench_json(compare: &str) -> Value {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("bench.json")).unwrap())
             .unwrap();
     assert_eq!(saved["results"], v["results"]);
-    if cfg!(feature = "bench-chart") {
+    if cfg!(feature = "chart") {
         let svg = std::fs::read_to_string(dir.path().join("bench.svg")).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("shmemcache"));
     }
@@ -273,7 +356,7 @@ fn check_results(v: &Value, targets: &[&str]) {
 }
 
 #[test]
-#[cfg(feature = "bench-lmdb")]
+#[cfg(feature = "lmdb")]
 fn bench_smoke_against_floor_and_lmdb() {
     let v = bench_json("floor,lmdb");
     check_results(&v, &["shmemcache", "floor", "lmdb"]);
@@ -286,7 +369,7 @@ fn bench_smoke_against_floor_and_lru() {
 }
 
 #[test]
-#[cfg(feature = "bench-redis")]
+#[cfg(feature = "redis")]
 fn bench_smoke_against_a_redis_server_it_starts() {
     if std::process::Command::new("redis-server")
         .arg("--version")

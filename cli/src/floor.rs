@@ -4,9 +4,8 @@
 //! No LRU, no expiry, no eviction, no variable sizes: what any shared-memory cache must pay
 //! at least. Mapped from a `memfd`, so it is shared with forked children.
 
-use crate::layout::LOCK_BLOCK;
-use crate::sys::robust;
 use memmap2::{MmapOptions, MmapRaw};
+use shmemcache::support::robust::{self, LOCK_BLOCK};
 use std::io;
 use std::time::Duration;
 

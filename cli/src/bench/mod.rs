@@ -69,7 +69,8 @@ pub struct BenchArgs {
     /// median run: a noisy machine then skews one run, not a whole target.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
-    /// Write bench.json and bench.svg into this directory.
+    /// Write bench.json into this directory, and bench.svg when built with the `chart`
+    /// feature (without it, a note says the chart was not drawn).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Time one operation in this many (timing every one adds two clock reads per op).
@@ -636,6 +637,13 @@ fn write_out(dir: &std::path::Path, report: &Value, results: &[RunResult]) -> Re
     std::fs::create_dir_all(dir).map_err(io("create_dir_all"))?;
     let text = serde_json::to_string_pretty(report).map_err(|e| Error::Codec(e.to_string()))?;
     std::fs::write(dir.join("bench.json"), text).map_err(io("write bench.json"))?;
+    if !chart::BUILT {
+        eprintln!(
+            "shmemcache: note: wrote bench.json only; bench.svg needs the `chart` feature \
+             (cargo install shmemcache-cli --features chart)"
+        );
+        return Ok(());
+    }
     chart::write_svg(&dir.join("bench.svg"), results).map_err(|e| Error::Os {
         op: "write bench.svg",
         name: dir.display().to_string(),
