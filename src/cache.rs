@@ -724,10 +724,16 @@ impl Cache {
 
     /// The value of `key`, copied out; makes it most recently used.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.get_as(key, true)
+    }
+
+    /// [`get`](Self::get), counted in the hit/miss statistics only if `counted`.
+    #[inline]
+    pub(crate) fn get_as(&self, key: &[u8], counted: bool) -> Result<Option<Vec<u8>>> {
         let (shard, h) = self.locate(key)?;
         self.with_shard(shard, |v| {
             let mut now = Now::lazy(monotonic_ns);
-            match v.lookup(key, h, &mut now)? {
+            match v.lookup_as(key, h, &mut now, counted)? {
                 Some(r) => {
                     let mut out = Vec::new();
                     v.read_value(r, &mut out)?;

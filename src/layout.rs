@@ -10,7 +10,7 @@ use std::mem::{align_of, offset_of, size_of};
 /// First eight bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"SHMCACHE";
 /// Bumped whenever any byte of the layout below changes meaning.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// Value of [`Header::ready`] once the creator has finished formatting the segment.
 pub const READY: u32 = 0x5245_4459; // "READY"
 /// "No index" in every `u32` link (LRU, free lists, chunk chains).
@@ -307,6 +307,35 @@ pub struct CoordLayout {
     pub region_len: usize,
 }
 
+/// Slots of the memo statistics table: slot 0 counts every memoized call of the segment,
+/// the others one memoized function each (claimed by its namespace hash).
+pub const MEMO_STAT_SLOTS: usize = 64;
+/// `u64` words per memo statistics slot (128 bytes: two cache lines).
+pub const MEMO_STAT_WORDS: usize = 16;
+
+/// Word indices inside a memo statistics slot. Every word is only ever accessed atomically:
+/// the counters are bumped without any lock.
+pub mod memo_stat {
+    /// The function's namespace hash (never 0 once claimed); 0 = free. Slot 0 keeps 0.
+    pub const GROUP: usize = 0;
+    /// Fresh values returned from the cache.
+    pub const HITS: usize = 1;
+    /// Stale values served while another caller refreshed them.
+    pub const STALE: usize = 2;
+    /// Calls that found no fresh value.
+    pub const MISSES: usize = 3;
+    /// Times the function ran.
+    pub const COMPUTED: usize = 4;
+    /// Calls that got a value another process computed while they waited.
+    pub const WAITED: usize = 5;
+    /// Computations taken over from a process that died computing.
+    pub const TAKEOVERS: usize = 6;
+    /// Waits that reached the wait timeout (the caller then computed itself).
+    pub const TIMEOUTS: usize = 7;
+    /// Results not stored because of their size (`max_size` or the segment's value limit).
+    pub const REJECTED: usize = 8;
+}
+
 /// Default number of coordination slots.
 pub const DEFAULT_COORD_SLOTS: u32 = 1024;
 /// Upper bound on coordination slots.
@@ -339,6 +368,9 @@ pub struct Geometry {
     pub shards_offset: usize,
     /// The coordination area, after the last shard.
     pub coord: CoordLayout,
+    /// Offset of the memo statistics table ([`MEMO_STAT_SLOTS`] slots of
+    /// [`MEMO_STAT_WORDS`] words), after the coordination area.
+    pub memo_stats_offset: usize,
     /// Required segment size.
     pub total_size: usize,
 }
@@ -448,6 +480,7 @@ impl Geometry {
                 region_offset: 0,
                 region_len: 0,
             },
+            memo_stats_offset: 0,
             total_size: to_usize(total)?,
         };
         g.with_coord_slots(DEFAULT_COORD_SLOTS)
@@ -466,8 +499,10 @@ impl Geometry {
         let region = align_up(wake + 4 * slots as u64, a);
         let region_len =
             size_of::<CoordMeta>() as u64 + size_of::<CoordSlot>() as u64 * slots as u64;
-        let total = align_up(region + region_len, 2 * a);
+        let memo_stats = align_up(region + region_len, 2 * a);
+        let total = memo_stats + (MEMO_STAT_SLOTS * MEMO_STAT_WORDS * 8) as u64;
         let to_usize = |v: u64| usize::try_from(v).map_err(|_| "segment too large".to_string());
+        self.memo_stats_offset = to_usize(memo_stats)?;
         self.coord = CoordLayout {
             slots,
             offset: self.coord.offset,
@@ -634,7 +669,12 @@ mod tests {
         assert!(c.region_offset >= c.wake_offset + 4 * c.slots as usize);
         assert_eq!(c.region_offset % SECTION_ALIGN, 0);
         assert_eq!(c.region_len, 64 + 64 * c.slots as usize);
-        assert!(g.total_size >= c.region_offset + c.region_len);
+        assert!(g.memo_stats_offset >= c.region_offset + c.region_len);
+        assert_eq!(g.memo_stats_offset % (2 * SECTION_ALIGN), 0);
+        assert_eq!(
+            g.total_size,
+            g.memo_stats_offset + MEMO_STAT_SLOTS * MEMO_STAT_WORDS * 8
+        );
         assert!(g.with_coord_slots(0).is_err());
         assert!(g.with_coord_slots(MAX_COORD_SLOTS + 1).is_err());
     }

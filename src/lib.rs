@@ -66,10 +66,26 @@ pub use cache::{
 };
 pub use error::{Error, Result};
 pub use listing::{list_in, list_segments, SegmentListing};
-pub use memo::{ComputeError, ComputeOptions, Memo, MemoStats, OnError, Source, Ttl};
+pub use memo::{ComputeError, ComputeOptions, Memo, MemoStats, MemoValue, OnError, Source, Ttl};
 pub use name::{validate_name, MAX_NAME_LEN};
-/// Memoizes a free function across processes; see [`Memo`] for the semantics.
-#[cfg(feature = "macros")]
-pub use shmemcache_macros::memoize;
 pub use sync::{CoordStats, LockGuard, OnceBusy, Pool};
 pub use typed::{Codec, Postcard, Typed};
+
+/// serde, re-exported so memoized results and typed values of your own types need no extra
+/// dependency: `#[derive(shmemcache::Serialize, shmemcache::Deserialize)]` with
+/// `#[serde(crate = "shmemcache::serde")]`.
+pub use serde;
+pub use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "macros")]
+#[doc = include_str!("memoize.md")]
+pub use shmemcache_macros::memoize;
+
+/// What `#[memoize]` expands to refers to these; not API.
+#[doc(hidden)]
+pub mod __macro_support {
+    /// Checked where the user wrote the result type, so a missing derive is one clear error
+    /// pointing at it.
+    #[inline(always)]
+    pub fn assert_memo_value<T: crate::MemoValue>() {}
+}

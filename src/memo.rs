@@ -10,14 +10,14 @@
 use crate::cache::Cache;
 use crate::clock::monotonic_ns;
 use crate::error::{Error, Result};
-use crate::layout::slot_kind;
+use crate::layout::{memo_stat, slot_kind, MEMO_STAT_SLOTS};
 use crate::sync::{Attempt, Request};
 use crate::sys::fork;
 use crate::typed::{Codec, Postcard};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Tag in the top byte of a memo value's trailer; the low 56 bits are the computation time
@@ -144,6 +144,32 @@ impl ComputeOptions {
     }
 }
 
+/// What a memoized function may return (the `T` of a `Result<T, E>`): anything serde can
+/// encode and decode, since results travel between processes as bytes.
+///
+/// Implemented for every `T: Serialize + DeserializeOwned`. For a type of your own, derive
+/// both; shmemcache re-exports serde, so no extra dependency is needed:
+///
+/// ```
+/// #[derive(shmemcache::Serialize, shmemcache::Deserialize)]
+/// #[serde(crate = "shmemcache::serde")] // only when your crate does not depend on serde
+/// struct Quote {
+///     sku: String,
+///     cents: u64,
+/// }
+/// fn check<T: shmemcache::MemoValue>() {}
+/// check::<Quote>();
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the result of a memoized function",
+    label = "results must implement serde's `Serialize` and `Deserialize`",
+    note = "derive them on your type: `#[derive(shmemcache::Serialize, shmemcache::Deserialize)]` \
+            (add `#[serde(crate = \"shmemcache::serde\")]` if your crate does not depend on serde)"
+)]
+pub trait MemoValue: Serialize + DeserializeOwned {}
+
+impl<T: Serialize + DeserializeOwned> MemoValue for T {}
+
 /// Why `get_or_compute` failed: the caller's function, or the cache.
 #[derive(Debug, thiserror::Error)]
 pub enum ComputeError<E> {
@@ -177,6 +203,22 @@ pub enum Source {
     Computed,
     /// Computed by another process while this caller waited.
     Waited,
+}
+
+/// Which memoized function a computation belongs to: its flight-marker group and its slot
+/// in the segment's memo statistics table (slot 0, every memoized call, is always counted).
+#[derive(Clone, Copy)]
+pub(crate) struct Scope {
+    group: u64,
+    stat: Option<usize>,
+}
+
+impl Scope {
+    /// A computation of no particular function (`get_or_compute` on bytes or typed keys).
+    pub(crate) const NONE: Scope = Scope {
+        group: 0,
+        stat: None,
+    };
 }
 
 enum Found {
@@ -242,7 +284,7 @@ impl Drop for Flight<'_> {
 
 impl Cache {
     fn memo_read(&self, key: &[u8], opts: &ComputeOptions) -> Result<Found> {
-        let Some(mut v) = self.get(key)? else {
+        let Some(mut v) = self.get_as(key, false)? else {
             return Ok(Found::Missing);
         };
         let Some(at) = computed_at(&v) else {
@@ -263,25 +305,90 @@ impl Cache {
         Ok(Found::Fresh(v))
     }
 
-    fn memo_store(&self, key: &[u8], payload: &[u8], opts: &ComputeOptions) {
+    /// Adds one to counter `word` of the segment's memo statistics, in the total (slot 0)
+    /// and in `scope`'s own slot. Lock-free: the counters are atomics in the segment.
+    fn tally(&self, scope: Scope, word: usize) {
+        for slot in [Some(0), scope.stat.filter(|&s| s != 0)]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(w) = self.seg.memo_stat_word(slot, word) {
+                w.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The memo statistics slot of the function whose namespace hashes to `group`, claimed
+    /// on first use; `None` when all slots belong to other functions.
+    pub(crate) fn memo_stat_slot(&self, group: u64) -> Option<usize> {
+        let n = MEMO_STAT_SLOTS - 1;
+        let start = (group % n as u64) as usize;
+        (0..n).map(|i| 1 + (start + i) % n).find(|&slot| {
+            let Some(w) = self.seg.memo_stat_word(slot, memo_stat::GROUP) else {
+                return false;
+            };
+            match w.compare_exchange(0, group, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => true,
+                Err(owner) => owner == group,
+            }
+        })
+    }
+
+    /// The counters of memo statistics slot `slot`.
+    pub(crate) fn memo_stats_of(&self, slot: usize) -> MemoStats {
+        let get = |word| {
+            self.seg
+                .memo_stat_word(slot, word)
+                .map_or(0, |w| w.load(Ordering::Relaxed))
+        };
+        MemoStats {
+            hits: get(memo_stat::HITS),
+            stale: get(memo_stat::STALE),
+            misses: get(memo_stat::MISSES),
+            computed: get(memo_stat::COMPUTED),
+            waited: get(memo_stat::WAITED),
+            takeovers: get(memo_stat::TAKEOVERS),
+            timeouts: get(memo_stat::TIMEOUTS),
+            rejected: get(memo_stat::REJECTED),
+        }
+    }
+
+    /// Machine-wide counters of every memoized call on this segment (`get_or_compute`,
+    /// [`Memo`] handles and `#[memoize]` functions together), kept apart from
+    /// [`Cache::stats`], whose hits and misses count plain gets only.
+    pub fn memo_stats(&self) -> MemoStats {
+        self.memo_stats_of(0)
+    }
+
+    fn memo_store(&self, key: &[u8], payload: &[u8], opts: &ComputeOptions, scope: Scope) {
         if opts.max_size.is_some_and(|m| payload.len() > m) {
+            self.tally(scope, memo_stat::REJECTED);
             return;
         }
         let mut buf = Vec::with_capacity(payload.len() + TRAILER);
         buf.extend_from_slice(payload);
         buf.extend_from_slice(&encode_trailer(monotonic_ns()));
         // A value that cannot be stored (too large, lock timeout) is still returned.
-        let _ = match opts.ttl {
+        let stored = match opts.ttl {
             Ttl::Default => self.set(key, &buf),
             Ttl::Never => self.set_ttl(key, &buf, None),
             Ttl::For(d) => self.set_ttl(key, &buf, Some(d)),
         };
+        if let Err(Error::ValueTooLarge { .. }) = stored {
+            self.tally(scope, memo_stat::REJECTED);
+        }
     }
 
     /// Stores `payload` as a memoized value computed now (used by `precache`).
-    pub(crate) fn memo_put(&self, key: &[u8], payload: &[u8], opts: &ComputeOptions) -> Result<()> {
+    pub(crate) fn memo_put(
+        &self,
+        key: &[u8],
+        payload: &[u8],
+        opts: &ComputeOptions,
+        scope: Scope,
+    ) -> Result<()> {
         self.check_key(key)?;
-        self.memo_store(key, payload, opts);
+        self.memo_store(key, payload, opts, scope);
         Ok(())
     }
 
@@ -290,7 +397,7 @@ impl Cache {
     pub(crate) fn compute_core<T, E>(
         &self,
         key: &[u8],
-        group: u64,
+        scope: Scope,
         opts: &ComputeOptions,
         f: impl FnOnce() -> std::result::Result<(T, Option<Vec<u8>>), E>,
         decode: impl Fn(Vec<u8>) -> Option<T>,
@@ -302,6 +409,7 @@ impl Cache {
         }
         if opts.skip_cache {
             self.check_key(key)?;
+            self.tally(scope, memo_stat::COMPUTED);
             let (v, _) = f().map_err(ComputeError::Compute)?;
             return Ok((v, Source::Computed));
         }
@@ -310,6 +418,7 @@ impl Cache {
             match self.memo_read(key, opts)? {
                 Found::Fresh(p) => {
                     if let Some(v) = decode(p) {
+                        self.tally(scope, memo_stat::HITS);
                         return Ok((v, Source::Hit));
                     }
                 }
@@ -317,6 +426,10 @@ impl Cache {
                 _ => {}
             }
         }
+        if stale.is_none() {
+            self.tally(scope, memo_stat::MISSES);
+        }
+        let group = scope.group;
         // Only a miss or a stale hit needs the marker, so a fresh hit never hashes its key.
         let req = Request {
             kind: slot_kind::FLIGHT,
@@ -331,10 +444,12 @@ impl Cache {
             match self.attempt(&req)? {
                 Attempt::Got(slot, owner) => {
                     let flight = self.flight(slot, req.key, owner);
-                    return self.run_owner(key, opts, flight, f);
+                    self.tally(scope, memo_stat::MISSES);
+                    return self.run_owner(key, opts, scope, flight, f);
                 }
                 Attempt::Busy { .. } => {
                     if let Some(v) = decode(p) {
+                        self.tally(scope, memo_stat::STALE);
                         return Ok((v, Source::Stale));
                     }
                 }
@@ -353,11 +468,17 @@ impl Cache {
                         if let Found::Fresh(p) = self.memo_read(key, opts)? {
                             if let Some(v) = decode(p) {
                                 drop(flight);
-                                return Ok((v, if waited { Source::Waited } else { Source::Hit }));
+                                let (src, word) = if waited {
+                                    (Source::Waited, memo_stat::WAITED)
+                                } else {
+                                    (Source::Hit, memo_stat::HITS)
+                                };
+                                self.tally(scope, word);
+                                return Ok((v, src));
                             }
                         }
                     }
-                    return self.run_owner(key, opts, flight, f);
+                    return self.run_owner(key, opts, scope, flight, f);
                 }
                 Attempt::Busy {
                     slot,
@@ -384,13 +505,16 @@ impl Cache {
                     }
                     // A dead owner is taken over now, not after a timeout.
                     if self.reap(req.holders, req.key)? > 0 {
+                        self.tally(scope, memo_stat::TAKEOVERS);
                         continue;
                     }
                     if monotonic_ns() >= deadline {
                         // Waited long enough: compute here, without the marker.
+                        self.tally(scope, memo_stat::TIMEOUTS);
+                        self.tally(scope, memo_stat::COMPUTED);
                         let (v, bytes) = f().map_err(ComputeError::Compute)?;
                         if let Some(b) = bytes {
-                            self.memo_store(key, &b, opts);
+                            self.memo_store(key, &b, opts, scope);
                         }
                         return Ok((v, Source::Computed));
                     }
@@ -398,6 +522,7 @@ impl Cache {
                     self.sleep_on(slot, seq, expires_at, deadline);
                     if let Found::Fresh(p) = self.memo_read(key, opts)? {
                         if let Some(v) = decode(p) {
+                            self.tally(scope, memo_stat::WAITED);
                             return Ok((v, Source::Waited));
                         }
                     }
@@ -420,13 +545,15 @@ impl Cache {
         &self,
         key: &[u8],
         opts: &ComputeOptions,
+        scope: Scope,
         flight: Flight<'_>,
         f: impl FnOnce() -> std::result::Result<(T, Option<Vec<u8>>), E>,
     ) -> std::result::Result<(T, Source), ComputeError<E>> {
+        self.tally(scope, memo_stat::COMPUTED);
         match f() {
             Ok((v, bytes)) => {
                 if let Some(b) = bytes {
-                    self.memo_store(key, &b, opts);
+                    self.memo_store(key, &b, opts, scope);
                 }
                 drop(flight);
                 Ok((v, Source::Computed))
@@ -464,8 +591,14 @@ impl Cache {
         opts: &ComputeOptions,
         f: impl FnOnce() -> std::result::Result<Vec<u8>, E>,
     ) -> std::result::Result<Vec<u8>, ComputeError<E>> {
-        self.compute_core(key, 0, opts, || f().map(|v| (v.clone(), Some(v))), Some)
-            .map(|(v, _)| v)
+        self.compute_core(
+            key,
+            Scope::NONE,
+            opts,
+            || f().map(|v| (v.clone(), Some(v))),
+            Some,
+        )
+        .map(|(v, _)| v)
     }
 
     /// Frees every single-flight marker of `group` (a memo's namespace): cachier's
@@ -486,17 +619,44 @@ impl Cache {
     }
 }
 
-/// Per-handle counters of a [`Memo`] (this process only).
+/// Machine-wide counters of memoized calls, kept in the segment so every process adds to
+/// and reads the same numbers: of one function ([`Memo::stats`], `f::stats()` of a
+/// `#[memoize]` function) or of all of them ([`Cache::memo_stats`]). They are separate
+/// from [`Cache::stats`], whose hits and misses count plain gets only.
+///
+/// Every call ends as exactly one of: a hit, a stale value served, a value computed here,
+/// or a value another process computed while this call waited (`waited`). `misses` counts
+/// the calls that found no fresh value (the ones that computed or waited).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoStats {
     /// Fresh values returned from the cache.
     pub hits: u64,
-    /// Stale values returned while another caller refreshed.
+    /// Stale values returned at once while another caller refreshed them.
     pub stale: u64,
-    /// Results this process computed.
+    /// Calls that found no fresh value.
+    pub misses: u64,
+    /// Times the function ran (in any process).
     pub computed: u64,
-    /// Results another process computed while this one waited.
+    /// Calls that got a value another process computed while they waited.
     pub waited: u64,
+    /// Computations taken over because the computing process died.
+    pub takeovers: u64,
+    /// Waits that reached the wait timeout (the caller then computed itself).
+    pub timeouts: u64,
+    /// Results not stored because of their size (`max_size`, or the segment's value limit).
+    pub rejected: u64,
+}
+
+impl MemoStats {
+    /// hits / (hits + misses), or 0 with no calls.
+    pub fn hit_ratio(&self) -> f64 {
+        let n = self.hits + self.misses;
+        if n == 0 {
+            0.0
+        } else {
+            self.hits as f64 / n as f64
+        }
+    }
 }
 
 /// A memoized function's handle: its own key namespace in a cache (cachier's per-function
@@ -523,14 +683,16 @@ pub struct Memo<'c, R, C: Codec = Postcard> {
     opts: ComputeOptions,
     dont_cache_if: Option<fn(&R) -> bool>,
     codec: C,
-    hits: AtomicU64,
-    stale: AtomicU64,
-    computed: AtomicU64,
-    waited: AtomicU64,
+    /// The memo statistics slot, resolved on first use: [`UNRESOLVED`], [`NO_SLOT`] or
+    /// the slot index.
+    stat_slot: AtomicUsize,
     _result: PhantomData<fn() -> R>,
 }
 
-impl<'c, R: Serialize + DeserializeOwned> Memo<'c, R, Postcard> {
+const UNRESOLVED: usize = usize::MAX;
+const NO_SLOT: usize = usize::MAX - 1;
+
+impl<'c, R> Memo<'c, R, Postcard> {
     /// A handle for the function named `namespace` (make it unique per function, and
     /// change it when the function's meaning changes).
     pub fn new(cache: &'c Cache, namespace: &str) -> Self {
@@ -538,7 +700,7 @@ impl<'c, R: Serialize + DeserializeOwned> Memo<'c, R, Postcard> {
     }
 }
 
-impl<'c, R: Serialize + DeserializeOwned, C: Codec> Memo<'c, R, C> {
+impl<'c, R, C: Codec> Memo<'c, R, C> {
     /// Like [`Memo::new`] with another codec.
     pub fn with_codec(cache: &'c Cache, namespace: &str, codec: C) -> Self {
         let mut ns = b"memo\0".to_vec();
@@ -552,11 +714,21 @@ impl<'c, R: Serialize + DeserializeOwned, C: Codec> Memo<'c, R, C> {
             opts: ComputeOptions::default(),
             dont_cache_if: None,
             codec,
-            hits: AtomicU64::new(0),
-            stale: AtomicU64::new(0),
-            computed: AtomicU64::new(0),
-            waited: AtomicU64::new(0),
+            stat_slot: AtomicUsize::new(UNRESOLVED),
             _result: PhantomData,
+        }
+    }
+
+    /// This function's flight group and statistics slot.
+    fn scope(&self) -> Scope {
+        let mut slot = self.stat_slot.load(Ordering::Relaxed);
+        if slot == UNRESOLVED {
+            slot = self.cache.memo_stat_slot(self.group).unwrap_or(NO_SLOT);
+            self.stat_slot.store(slot, Ordering::Relaxed);
+        }
+        Scope {
+            group: self.group,
+            stat: (slot != NO_SLOT).then_some(slot),
         }
     }
 
@@ -564,6 +736,12 @@ impl<'c, R: Serialize + DeserializeOwned, C: Codec> Memo<'c, R, C> {
     pub fn options(mut self, opts: ComputeOptions) -> Self {
         self.opts = opts;
         self
+    }
+
+    /// The options every call uses, to start a per-call variant from
+    /// ([`try_call_with`](Memo::try_call_with)).
+    pub fn compute_options(&self) -> &ComputeOptions {
+        &self.opts
     }
 
     /// Results for which `pred` is true are returned but not stored (e.g. `Option::is_none`
@@ -580,6 +758,47 @@ impl<'c, R: Serialize + DeserializeOwned, C: Codec> Memo<'c, R, C> {
         Ok(k)
     }
 
+    /// Forgets the result for `args`; true if there was one.
+    pub fn reset<A: Serialize + ?Sized>(&self, args: &A) -> Result<bool> {
+        self.cache.delete(&self.key(args)?)
+    }
+
+    /// Forgets every result of this function; returns how many were removed.
+    pub fn clear(&self) -> Result<usize> {
+        let mut n = 0;
+        for k in self.cache.keys() {
+            let k = k?;
+            if k.starts_with(&self.namespace) && self.cache.delete(&k)? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Drops every in-flight marker of this function (cachier's `clear_being_calculated`):
+    /// callers waiting on them compute themselves. Returns how many were dropped.
+    pub fn clear_in_flight(&self) -> Result<u32> {
+        self.cache.clear_flights(self.group)
+    }
+
+    /// Machine-wide counters of this function: every process calling it through a handle
+    /// of the same namespace adds to them. All zero if the segment's table of per-function
+    /// counters (63 functions) is full; [`Cache::memo_stats`] still counts every call.
+    pub fn stats(&self) -> MemoStats {
+        match self.scope().stat {
+            Some(slot) => self.cache.memo_stats_of(slot),
+            None => MemoStats::default(),
+        }
+    }
+
+    /// The cache this handle uses.
+    pub fn cache(&self) -> &'c Cache {
+        self.cache
+    }
+}
+
+/// Calls need the result to travel between processes as bytes.
+impl<R: MemoValue, C: Codec> Memo<'_, R, C> {
     /// The memoized result for `args`, computing it with `f` on a miss (once across all
     /// processes at a time), with this handle's options.
     pub fn call<A: Serialize + ?Sized>(&self, args: &A, f: impl FnOnce() -> R) -> Result<R> {
@@ -610,9 +829,9 @@ impl<'c, R: Serialize + DeserializeOwned, C: Codec> Memo<'c, R, C> {
         let key = self.key(args)?;
         let skip = self.dont_cache_if;
         let codec = &self.codec;
-        let (v, src) = self.cache.compute_core(
+        let (v, _) = self.cache.compute_core(
             &key,
-            self.group,
+            self.scope(),
             opts,
             || {
                 let v = f()?;
@@ -625,13 +844,6 @@ impl<'c, R: Serialize + DeserializeOwned, C: Codec> Memo<'c, R, C> {
             },
             |p| codec.decode(&p).ok(),
         )?;
-        let counter = match src {
-            Source::Hit => &self.hits,
-            Source::Stale => &self.stale,
-            Source::Computed => &self.computed,
-            Source::Waited => &self.waited,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
         Ok(v)
     }
 
@@ -639,44 +851,6 @@ impl<'c, R: Serialize + DeserializeOwned, C: Codec> Memo<'c, R, C> {
     pub fn precache<A: Serialize + ?Sized>(&self, args: &A, value: &R) -> Result<()> {
         let key = self.key(args)?;
         let bytes = self.codec.encode(value)?;
-        self.cache.memo_put(&key, &bytes, &self.opts)
-    }
-
-    /// Forgets the result for `args`; true if there was one.
-    pub fn reset<A: Serialize + ?Sized>(&self, args: &A) -> Result<bool> {
-        self.cache.delete(&self.key(args)?)
-    }
-
-    /// Forgets every result of this function; returns how many were removed.
-    pub fn clear(&self) -> Result<usize> {
-        let mut n = 0;
-        for k in self.cache.keys() {
-            let k = k?;
-            if k.starts_with(&self.namespace) && self.cache.delete(&k)? {
-                n += 1;
-            }
-        }
-        Ok(n)
-    }
-
-    /// Drops every in-flight marker of this function (cachier's `clear_being_calculated`):
-    /// callers waiting on them compute themselves. Returns how many were dropped.
-    pub fn clear_in_flight(&self) -> Result<u32> {
-        self.cache.clear_flights(self.group)
-    }
-
-    /// This process's counters for this handle.
-    pub fn stats(&self) -> MemoStats {
-        MemoStats {
-            hits: self.hits.load(Ordering::Relaxed),
-            stale: self.stale.load(Ordering::Relaxed),
-            computed: self.computed.load(Ordering::Relaxed),
-            waited: self.waited.load(Ordering::Relaxed),
-        }
-    }
-
-    /// The cache this handle uses.
-    pub fn cache(&self) -> &'c Cache {
-        self.cache
+        self.cache.memo_put(&key, &bytes, &self.opts, self.scope())
     }
 }

@@ -703,14 +703,27 @@ impl<'a> ShardView<'a> {
     /// Looks `key` up; on a hit makes it most recently used and returns its record.
     #[inline]
     pub fn lookup(&mut self, key: &[u8], h: u32, now: &mut Now) -> TResult<Option<u32>> {
+        self.lookup_as(key, h, now, true)
+    }
+
+    /// [`lookup`](Self::lookup), counting a hit or miss only if `counted`: the memo layer's
+    /// own reads keep out of the cache's hit ratio, which is about user gets.
+    #[inline]
+    pub fn lookup_as(
+        &mut self,
+        key: &[u8],
+        h: u32,
+        now: &mut Now,
+        counted: bool,
+    ) -> TResult<Option<u32>> {
         match self.find_live(key, h, now)? {
             Some((_, r)) => {
                 self.touch(r)?;
-                self.meta.hits += 1;
+                self.meta.hits += counted as u64;
                 Ok(Some(r))
             }
             None => {
-                self.meta.misses += 1;
+                self.meta.misses += counted as u64;
                 Ok(None)
             }
         }

@@ -120,7 +120,7 @@ impl<K: Serialize + ?Sized, V: Serialize + DeserializeOwned, C: Codec> Typed<'_,
         self.cache
             .compute_core(
                 &k,
-                0,
+                crate::memo::Scope::NONE,
                 opts,
                 || {
                     let v = f()?;

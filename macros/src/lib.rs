@@ -1,30 +1,25 @@
-//! `#[memoize]`: memoize a free function in a shared-memory cache, across processes, with
-//! single-flight computation. Use it through `shmemcache::memoize` (the `macros` feature).
-//!
-//! ```ignore
-//! use shmemcache::{memoize, Cache};
-//! use std::sync::LazyLock;
-//!
-//! static CACHE: LazyLock<Cache> = LazyLock::new(|| Cache::open("app").unwrap());
-//!
-//! #[memoize(cache = CACHE, ttl = "5m", stale_after = "1m")]
-//! fn price(sku: &str) -> Result<u64, std::io::Error> {
-//!     // ... expensive ...
-//! #   Ok(1)
-//! }
-//!
-//! price("a")?;            // computed once across every process, then shared
-//! price::reset("a")?;     // the handle lives in a module named after the function
-//! ```
+//! `#[memoize]`: memoize a function in a shared-memory cache, across processes, with
+//! single-flight computation. Use it through `shmemcache::memoize` (the `macros` feature,
+//! on by default); the documentation and examples live there.
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
-use quote::{format_ident, quote};
+use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{
-    parse_macro_input, Error, Expr, FnArg, GenericArgument, ItemFn, LitBool, LitInt, LitStr, Pat,
-    PathArguments, ReturnType, Type,
+    parse_macro_input, Error, Expr, FnArg, GenericArgument, Ident, ItemFn, LitBool, LitInt, LitStr,
+    Pat, Path, PathArguments, ReturnType, Type,
 };
+
+/// How the key of a call is built.
+enum KeySpec {
+    /// The arguments themselves, in declaration order.
+    Args,
+    /// `key = path::to::fn`: called with a reference to each argument.
+    Func(Path),
+    /// `key = "user:{id}"`: a format string over the argument names.
+    Template(LitStr),
+}
 
 /// Options given in `#[memoize(...)]`.
 struct Args {
@@ -37,38 +32,17 @@ struct Args {
     on_error_propagate: bool,
     max_size: Option<LitInt>,
     cache_none: bool,
+    ignore_self: bool,
+    key: KeySpec,
 }
 
-/// `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"` → a `Duration` expression; checked at compile
-/// time.
+/// A duration literal (`"250ms"`, `"1.5s"`, `"5m"`, `"1m30s"`) as a `Duration` expression,
+/// parsed at compile time by the same parser the CLI uses.
 fn duration(lit: &LitStr) -> syn::Result<TokenStream2> {
-    let s = lit.value();
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| Error::new(lit.span(), "duration needs a unit: ms, s, m, h or d"))?;
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| Error::new(lit.span(), format!("bad duration {s:?}")))?;
-    let ms = match unit.trim() {
-        "ms" => Some(n),
-        "s" => n.checked_mul(1000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        "d" => n.checked_mul(86_400_000),
-        _ => {
-            return Err(Error::new(
-                lit.span(),
-                format!("unknown unit in {s:?}: use ms, s, m, h or d"),
-            ))
-        }
-    }
-    .ok_or_else(|| Error::new(lit.span(), "duration overflows"))?;
-    if ms == 0 {
-        return Err(Error::new(lit.span(), "duration must be positive"));
-    }
-    Ok(quote!(::std::time::Duration::from_millis(#ms)))
+    let d =
+        shmemcache_units::parse_duration(&lit.value()).map_err(|e| Error::new(lit.span(), e))?;
+    let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
+    Ok(quote!(::std::time::Duration::new(#secs, #nanos)))
 }
 
 fn parse_args(attr: TokenStream2) -> syn::Result<Args> {
@@ -82,6 +56,14 @@ fn parse_args(attr: TokenStream2) -> syn::Result<Args> {
         on_error_propagate: false,
         max_size: None,
         cache_none: false,
+        ignore_self: false,
+        key: KeySpec::Args,
+    };
+    let flag = |m: &syn::meta::ParseNestedMeta| -> syn::Result<bool> {
+        match m.value() {
+            Ok(v) => Ok(v.parse::<LitBool>()?.value),
+            Err(_) => Ok(true),
+        }
     };
     let parser = syn::meta::parser(|m| {
         if m.path.is_ident("cache") {
@@ -90,19 +72,19 @@ fn parse_args(attr: TokenStream2) -> syn::Result<Args> {
             a.name = Some(m.value()?.parse()?);
         } else if m.path.is_ident("ttl") {
             let lit: LitStr = m.value()?.parse()?;
-            a.ttl = Some(if lit.value() == "never" {
-                quote!(::shmemcache::Ttl::Never)
-            } else {
-                let d = duration(&lit)?;
-                quote!(::shmemcache::Ttl::For(#d))
+            let ttl =
+                shmemcache_units::parse_ttl(&lit.value()).map_err(|e| Error::new(lit.span(), e))?;
+            a.ttl = Some(match ttl {
+                None => quote!(::shmemcache::Ttl::Never),
+                Some(_) => {
+                    let d = duration(&lit)?;
+                    quote!(::shmemcache::Ttl::For(#d))
+                }
             });
         } else if m.path.is_ident("stale_after") {
             a.stale_after = Some(duration(&m.value()?.parse()?)?);
         } else if m.path.is_ident("serve_stale") {
-            a.serve_stale = match m.value() {
-                Ok(v) => v.parse::<LitBool>()?.value,
-                Err(_) => true,
-            };
+            a.serve_stale = flag(&m)?;
         } else if m.path.is_ident("wait_timeout") {
             a.wait_timeout = Some(duration(&m.value()?.parse()?)?);
         } else if m.path.is_ident("on_error") {
@@ -120,11 +102,20 @@ fn parse_args(attr: TokenStream2) -> syn::Result<Args> {
         } else if m.path.is_ident("max_size") {
             a.max_size = Some(m.value()?.parse()?);
         } else if m.path.is_ident("cache_none") {
-            a.cache_none = m.value()?.parse::<LitBool>()?.value;
+            a.cache_none = flag(&m)?;
+        } else if m.path.is_ident("ignore_self") {
+            a.ignore_self = flag(&m)?;
+        } else if m.path.is_ident("key") {
+            let v = m.value()?;
+            a.key = if v.peek(LitStr) {
+                KeySpec::Template(v.parse()?)
+            } else {
+                KeySpec::Func(v.parse()?)
+            };
         } else {
             return Err(m.error(
                 "unknown option; expected cache, name, ttl, stale_after, serve_stale, \
-                 wait_timeout, on_error, max_size or cache_none",
+                 wait_timeout, on_error, max_size, cache_none, key or ignore_self",
             ));
         }
         Ok(())
@@ -139,7 +130,7 @@ fn parse_args(attr: TokenStream2) -> syn::Result<Args> {
     Ok(a)
 }
 
-/// The single generic argument of `ty` if its last path segment is `name`.
+/// The generic arguments of `ty` if its last path segment is `name`.
 fn generic_of<'t>(ty: &'t Type, name: &str) -> Option<Vec<&'t Type>> {
     let Type::Path(p) = ty else { return None };
     let seg = p.path.segments.last()?;
@@ -160,31 +151,25 @@ fn generic_of<'t>(ty: &'t Type, name: &str) -> Option<Vec<&'t Type>> {
     )
 }
 
-/// Memoizes a free function across processes in a `shmemcache::Cache`.
-///
-/// Options: `cache = STATIC` (required; a static that derefs to `Cache`, e.g. a
-/// `LazyLock<Cache>`), `name = "..."` (key namespace; default: module path and function
-/// name), `ttl = "5m"` or `"never"`, `stale_after = "1m"`, `serve_stale`,
-/// `wait_timeout = "30s"`, `on_error = "retry" | "propagate"`, `max_size = 4096`,
-/// `cache_none = true` (cache `None` results; off by default).
-///
-/// A function returning `Result<T, E>` caches only `Ok` values; errors are returned and
-/// not stored. Arguments must implement `serde::Serialize` and `Clone` (references do);
-/// they are encoded in declaration order to form the key. If the cache itself fails (a
-/// lock timeout, say) the function runs uncached rather than failing.
-///
-/// The function gets a companion module of the same name holding `memo()`, `reset(args..)`,
-/// `precache(args.., &value)`, `clear()`, `clear_in_flight()` and `stats()`.
+/// Memoizes a function across processes in a `shmemcache::Cache`. Documented on
+/// `shmemcache::memoize`.
 #[proc_macro_attribute]
 pub fn memoize(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let original = TokenStream2::from(item.clone());
+    // On a misuse, the function is kept as written, so the one error is the macro's.
+    let fail = |e: Error| {
+        let mut t = e.to_compile_error();
+        t.extend(original.clone());
+        TokenStream::from(t)
+    };
     let args = match parse_args(attr.into()) {
         Ok(a) => a,
-        Err(e) => return e.to_compile_error().into(),
+        Err(e) => return fail(e),
     };
     let func = parse_macro_input!(item as ItemFn);
     match expand(args, func) {
         Ok(t) => t.into(),
-        Err(e) => e.to_compile_error().into(),
+        Err(e) => fail(e),
     }
 }
 
@@ -202,15 +187,19 @@ fn expand(a: Args, func: ItemFn) -> syn::Result<TokenStream2> {
             "#[memoize] does not support async functions",
         ));
     }
-    let mut names = Vec::new();
+    let mut receiver = None;
+    let mut names: Vec<Ident> = Vec::new();
     let mut types = Vec::new();
     for input in &sig.inputs {
         match input {
             FnArg::Receiver(r) => {
-                return Err(Error::new(
-                    r.span(),
-                    "#[memoize] works on free functions, not methods",
-                ))
+                if r.reference.is_none() {
+                    return Err(Error::new(
+                        r.span(),
+                        "#[memoize] methods take `&self` or `&mut self`, not `self` by value",
+                    ));
+                }
+                receiver = Some(r);
             }
             FnArg::Typed(pt) => match &*pt.pat {
                 Pat::Ident(id) if id.by_ref.is_none() && id.subpat.is_none() => {
@@ -226,6 +215,14 @@ fn expand(a: Args, func: ItemFn) -> syn::Result<TokenStream2> {
             },
         }
     }
+    let method = receiver.is_some() || a.ignore_self;
+    if receiver.is_some() && !a.ignore_self && matches!(a.key, KeySpec::Args) {
+        return Err(Error::new(
+            sig.span(),
+            "#[memoize] on a method needs `ignore_self` (the key is the other arguments) or \
+             `key = ...` (a function of the arguments, `self` included, or a format string)",
+        ));
+    }
     let ret: Type = match &sig.output {
         ReturnType::Default => syn::parse_quote!(()),
         ReturnType::Type(_, t) => (**t).clone(),
@@ -238,13 +235,8 @@ fn expand(a: Args, func: ItemFn) -> syn::Result<TokenStream2> {
     };
     let is_option = generic_of(&value_ty, "Option").is_some_and(|g| g.len() == 1);
 
-    let vis = &func.vis;
-    let ident = &sig.ident;
-    let inner = format_ident!("__memoize_inner_{}", ident);
-    let attrs = &func.attrs;
-    let block = &func.block;
-    let inputs = &sig.inputs;
     let cache = a.cache.as_ref().expect("checked");
+    let ident = &sig.ident;
     let namespace = match &a.name {
         Some(n) => quote!(#n),
         None => {
@@ -276,77 +268,187 @@ fn expand(a: Args, func: ItemFn) -> syn::Result<TokenStream2> {
     } else {
         quote!()
     };
-    let key = quote!(&(#(&#names,)*));
+    // The receiver as the key function and the body see it.
+    let self_arg = match &receiver {
+        Some(_) => quote!(self,),
+        None => quote!(),
+    };
+    let key = match &a.key {
+        KeySpec::Args => quote!(&(#(&#names,)*)),
+        KeySpec::Func(f) => quote!(&#f(#self_arg #(&#names),*)),
+        KeySpec::Template(t) => quote!(&::std::format!(#t)),
+    };
+    // The bounds, checked where the user wrote the type so the error points there.
+    let bounds = quote_spanned! {value_ty.span()=>
+        ::shmemcache::__macro_support::assert_memo_value::<#value_ty>();
+    };
+    let memo_init = quote! {
+        static MEMO: ::std::sync::OnceLock<::shmemcache::Memo<'static, #value_ty>> =
+            ::std::sync::OnceLock::new();
+        MEMO.get_or_init(|| {
+            #bounds
+            ::shmemcache::Memo::new(&*#cache, #namespace)
+                .options(#opts)
+                #skip_none
+        })
+    };
     let cloned = quote!(#(::std::clone::Clone::clone(&#names)),*);
-    let body = if fallible.is_some() {
-        quote! {
-            match #ident::memo().try_call(#key, || #inner(#cloned)) {
-                ::std::result::Result::Ok(v) => ::std::result::Result::Ok(v),
-                ::std::result::Result::Err(::shmemcache::ComputeError::Compute(e)) => {
-                    ::std::result::Result::Err(e)
+    let arg_list = quote!(#(#names: #types),*);
+    let arg_list_then = quote!(#(#names: #types,)*);
+    let attrs = &func.attrs;
+    let vis = &func.vis;
+    let block = &func.block;
+    let inputs = &sig.inputs;
+
+    // `memo` names the handle, `inner` the original body (called with `recv` first), and
+    // `opts` is the options expression of the call.
+    let body = |memo: TokenStream2, inner: TokenStream2, recv: TokenStream2, opts: TokenStream2| {
+        if fallible.is_some() {
+            quote! {
+                match #memo.try_call_with(#key, #opts, || #inner(#recv #cloned)) {
+                    ::std::result::Result::Ok(v) => ::std::result::Result::Ok(v),
+                    ::std::result::Result::Err(::shmemcache::ComputeError::Compute(e)) => {
+                        ::std::result::Result::Err(e)
+                    }
+                    // The cache itself failed (a lock timeout, say): run uncached.
+                    ::std::result::Result::Err(_) => #inner(#recv #(#names),*),
                 }
-                ::std::result::Result::Err(_) => #inner(#(#names),*),
             }
-        }
-    } else {
-        quote! {
-            match #ident::memo().call(#key, || #inner(#cloned)) {
-                ::std::result::Result::Ok(v) => v,
-                ::std::result::Result::Err(_) => #inner(#(#names),*),
+        } else {
+            quote! {
+                match #memo.try_call_with(
+                    #key,
+                    #opts,
+                    || ::std::result::Result::Ok::<_, ::std::convert::Infallible>(
+                        #inner(#recv #cloned)
+                    ),
+                ) {
+                    ::std::result::Result::Ok(v) => v,
+                    ::std::result::Result::Err(_) => #inner(#recv #(#names),*),
+                }
             }
         }
     };
-    let arg_list = quote!(#(#names: #types),*);
-    let arg_list_then = quote!(#(#names: #types,)*);
+
+    if method {
+        let inner = format_ident!("__memoize_inner_{}", ident);
+        let memo_fn = format_ident!("{}_memo", ident);
+        let with_fn = format_ident!("{}_with", ident);
+        let recv_param = sig.inputs.iter().find_map(|i| match i {
+            FnArg::Receiver(r) => Some(quote!(#r,)),
+            _ => None,
+        });
+        // `Self::inner(self, args)` works for `&self` and `&mut self` alike.
+        let handle = quote!(Self::#memo_fn());
+        let plain = body(
+            handle.clone(),
+            quote!(Self::#inner),
+            self_arg.clone(),
+            quote!(#handle.compute_options()),
+        );
+        let with = body(handle, quote!(Self::#inner), self_arg, quote!(opts));
+        let doc_memo = format!("The memo handle of [`Self::{ident}`] (one per process).");
+        let doc_with = format!("[`Self::{ident}`] with options for this call only.");
+        return Ok(quote! {
+            #(#attrs)*
+            #vis fn #ident(#inputs) -> #ret {
+                #plain
+            }
+
+            #[allow(clippy::too_many_arguments)]
+            fn #inner(#inputs) -> #ret #block
+
+            #[doc = #doc_memo]
+            #vis fn #memo_fn() -> &'static ::shmemcache::Memo<'static, #value_ty> {
+                #memo_init
+            }
+
+            #[doc = #doc_with]
+            #[allow(clippy::too_many_arguments)]
+            #vis fn #with_fn(
+                #recv_param
+                opts: &::shmemcache::ComputeOptions,
+                #arg_list
+            ) -> #ret {
+                #with
+            }
+        });
+    }
+
+    let inner = quote!(#ident::__memoize_inner);
+    let plain = body(
+        quote!(#ident::memo()),
+        inner.clone(),
+        quote!(),
+        quote!(#ident::memo().compute_options()),
+    );
+    let with = body(quote!(#ident::memo()), inner, quote!(), quote!(&self.opts));
+    let doc = format!(
+        "Companion of the memoized function [`{ident}()`]: its memo handle, cache controls \
+         and per-call options."
+    );
     Ok(quote! {
         #(#attrs)*
         #vis fn #ident(#inputs) -> #ret {
-            #body
+            #plain
         }
 
-        #[allow(clippy::too_many_arguments)]
-        fn #inner(#inputs) -> #ret #block
+        #[doc = #doc]
+        #[allow(non_camel_case_types, dead_code)]
+        #vis struct #ident {
+            opts: ::shmemcache::ComputeOptions,
+        }
 
-        /// The memo handle and cache controls of the function of the same name.
-        #[allow(dead_code)]
-        #vis mod #ident {
-            #[allow(unused_imports)]
-            use super::*;
+        #[allow(dead_code, clippy::too_many_arguments)]
+        impl #ident {
+            fn __memoize_inner(#inputs) -> #ret #block
 
             /// The memo handle (one per process).
             pub fn memo() -> &'static ::shmemcache::Memo<'static, #value_ty> {
-                static MEMO: ::std::sync::OnceLock<::shmemcache::Memo<'static, #value_ty>> =
-                    ::std::sync::OnceLock::new();
-                MEMO.get_or_init(|| {
-                    ::shmemcache::Memo::new(&*#cache, #namespace)
-                        .options(#opts)
-                        #skip_none
-                })
+                #memo_init
+            }
+
+            /// The options given in the attribute, to change for one call with
+            /// [`with`](Self::with).
+            pub fn options() -> ::shmemcache::ComputeOptions {
+                ::std::clone::Clone::clone(Self::memo().compute_options())
+            }
+
+            /// The function with these options for the calls made through the result
+            /// (`skip_cache`, `overwrite`, `max_age`, ...): start from
+            /// [`options`](Self::options) to keep the attribute's.
+            pub fn with(opts: ::shmemcache::ComputeOptions) -> Self {
+                Self { opts }
+            }
+
+            /// Calls the function with this value's options.
+            pub fn call(&self, #arg_list) -> #ret {
+                #with
             }
 
             /// Forgets the stored result for these arguments; true if there was one.
             pub fn reset(#arg_list) -> ::shmemcache::Result<bool> {
-                memo().reset(#key)
+                Self::memo().reset(#key)
             }
 
             /// Stores `value` as the result for these arguments.
             pub fn precache(#arg_list_then value: &#value_ty) -> ::shmemcache::Result<()> {
-                memo().precache(#key, value)
+                Self::memo().precache(#key, value)
             }
 
             /// Forgets every stored result of the function.
             pub fn clear() -> ::shmemcache::Result<usize> {
-                memo().clear()
+                Self::memo().clear()
             }
 
             /// Drops the function's in-flight markers (waiters then compute themselves).
             pub fn clear_in_flight() -> ::shmemcache::Result<u32> {
-                memo().clear_in_flight()
+                Self::memo().clear_in_flight()
             }
 
-            /// This process's hit/compute counters for the function.
+            /// Machine-wide counters of the function (every process adds to them).
             pub fn stats() -> ::shmemcache::MemoStats {
-                memo().stats()
+                Self::memo().stats()
             }
         }
     })
@@ -356,18 +458,18 @@ fn expand(a: Args, func: ItemFn) -> syn::Result<TokenStream2> {
 mod tests {
     use super::*;
 
-    fn ms(s: &str) -> syn::Result<String> {
+    fn dur(s: &str) -> syn::Result<String> {
         duration(&LitStr::new(s, Span::call_site())).map(|t| t.to_string())
     }
 
     #[test]
-    fn durations_parse_with_units_and_reject_nonsense() {
-        assert!(ms("250ms").unwrap().contains("250u64"));
-        assert!(ms("5m").unwrap().contains("300000u64"));
-        assert!(ms("2h").unwrap().contains("7200000u64"));
-        assert!(ms("1d").unwrap().contains("86400000u64"));
-        for bad in ["5", "m", "5 weeks", "0s", "99999999999999999999d", "-1s"] {
-            assert!(ms(bad).is_err(), "{bad} accepted");
+    fn durations_use_the_shared_parser() {
+        assert!(dur("250ms").unwrap().contains("0u64 , 250000000u32"));
+        assert!(dur("1.5s").unwrap().contains("1u64 , 500000000u32"));
+        assert!(dur("5m").unwrap().contains("300u64"));
+        assert!(dur("1d").unwrap().contains("86400u64"));
+        for bad in ["m", "5 weeks", "0s", "99999999999999999999d", "-1s"] {
+            assert!(dur(bad).is_err(), "{bad} accepted");
         }
     }
 
@@ -377,13 +479,19 @@ mod tests {
             cache = C,
             ttl = "never",
             serve_stale,
-            on_error = "propagate"
+            on_error = "propagate",
+            ignore_self,
+            key = my::key_fn
         ))
         .unwrap();
-        assert!(a.serve_stale && a.on_error_propagate && a.ttl.is_some());
+        assert!(a.serve_stale && a.on_error_propagate && a.ttl.is_some() && a.ignore_self);
+        assert!(matches!(a.key, KeySpec::Func(_)));
+        let a = parse_args(quote!(cache = C, key = "user:{id}", ttl = "1.5h")).unwrap();
+        assert!(matches!(a.key, KeySpec::Template(_)));
         assert!(parse_args(quote!(ttl = "5m")).is_err(), "cache is required");
         assert!(parse_args(quote!(cache = C, colour = "red")).is_err());
         assert!(parse_args(quote!(cache = C, on_error = "ignore")).is_err());
         assert!(parse_args(quote!(cache = C, ttl = "5 parsecs")).is_err());
+        assert!(parse_args(quote!(cache = C, ttl = "0s")).is_err());
     }
 }

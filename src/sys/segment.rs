@@ -20,7 +20,7 @@ use std::fs::File;
 use std::mem::size_of;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How to treat an existing or missing name.
@@ -475,6 +475,25 @@ impl Segment {
         // which the mapping covers; the offset is 4-byte aligned; these words are only ever
         // accessed atomically (here and by the kernel's futex code), never through slices.
         Some(unsafe { AtomicU32::from_ptr(p.cast::<u32>()) })
+    }
+}
+
+impl Segment {
+    /// Word `word` of memo statistics slot `slot`, or `None` if either is out of range.
+    pub fn memo_stat_word(&self, slot: usize, word: usize) -> Option<&AtomicU64> {
+        use crate::layout::{MEMO_STAT_SLOTS, MEMO_STAT_WORDS};
+        if slot >= MEMO_STAT_SLOTS || word >= MEMO_STAT_WORDS {
+            return None;
+        }
+        let off = self.geom.memo_stats_offset + 8 * (slot * MEMO_STAT_WORDS + word);
+        if off + 8 > self.map.len() {
+            return None;
+        }
+        let p = self.map.as_mut_ptr().wrapping_add(off);
+        // SAFETY: `off + 8` is inside the mapping (checked above) and 8-byte aligned (the
+        // table starts on a 128-byte boundary); these words are only ever accessed
+        // atomically, by every process, never through slices.
+        Some(unsafe { AtomicU64::from_ptr(p.cast::<u64>()) })
     }
 }
 
