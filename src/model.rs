@@ -1,6 +1,6 @@
 //! A reference model of one shard (a `Vec` in LRU order) and a driver that runs the same
-//! operations against it and a real [`ShardView`] in ordinary memory, comparing every
-//! result and checking [`ShardView::validate`] after each step.
+//! operations against it and a real `ShardView` in ordinary memory, comparing every
+//! result and checking `ShardView::validate` after each step.
 //!
 //! Used by the unit tests, the proptest suite and the `cargo fuzz` target; it is public
 //! only so the fuzz crate can reach it.

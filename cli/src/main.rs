@@ -229,12 +229,20 @@ fn run(cmd: Cmd, ctx: Ctx) -> Result<Output, Error> {
         Cmd::Stats { name, watch, count } => match watch {
             Some(every) => return watch_stats(&name, every, count, as_json),
             None => {
-                let t = open(&name)?.stats()?.total;
+                let c = open(&name)?;
+                let t = c.stats()?.total;
+                let m = c.memo_stats();
                 Output::ok(
-                    json!({ "hit_ratio": t.hit_ratio(), "total": shard_json(&t) }),
+                    json!({ "hit_ratio": t.hit_ratio(), "total": shard_json(&t),
+                            "memo": { "hits": m.hits, "stale": m.stale, "misses": m.misses,
+                                      "computed": m.computed, "waited": m.waited,
+                                      "takeovers": m.takeovers, "timeouts": m.timeouts,
+                                      "rejected": m.rejected } }),
                     format!(
                         "hits {} misses {} ratio {:.3} sets {} evictions {} expirations {} \
-                         deletes {} recoveries {} entries {}",
+                         deletes {} recoveries {} entries {}\n\
+                         memo: hits {} stale {} misses {} computed {} waited {} takeovers {} \
+                         timeouts {} rejected {}",
                         t.hits,
                         t.misses,
                         t.hit_ratio(),
@@ -243,7 +251,15 @@ fn run(cmd: Cmd, ctx: Ctx) -> Result<Output, Error> {
                         t.expirations,
                         t.deletes,
                         t.recoveries,
-                        t.entries
+                        t.entries,
+                        m.hits,
+                        m.stale,
+                        m.misses,
+                        m.computed,
+                        m.waited,
+                        m.takeovers,
+                        m.timeouts,
+                        m.rejected
                     ),
                 )
             }

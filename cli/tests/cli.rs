@@ -204,9 +204,23 @@ fn info_stats_check_repair_and_list() {
     let stats = json(&["stats", name]);
     assert_eq!(stats["total"]["hits"], 1);
     assert!(text(&["stats", name]).contains("hits 1"));
+    // Memoized calls are counted apart from the plain gets.
+    let cache = Cache::open_existing(name).unwrap();
+    let m: shmemcache::Memo<u64> = shmemcache::Memo::new(&cache, "cli::memo");
+    assert_eq!(m.call(&(1u8,), || 5).unwrap(), 5);
+    assert_eq!(m.call(&(1u8,), || 5).unwrap(), 5);
+    let stats = json(&["stats", name]);
+    assert_eq!(stats["total"]["hits"], 1);
+    assert_eq!(stats["memo"]["computed"], 1);
+    assert_eq!(stats["memo"]["hits"], 1);
+    assert!(text(&["stats", name]).contains("memo: hits 1"));
     assert_eq!(json(&["check", name])["healthy"], true);
     assert_eq!(text(&["check", name]), "ok\n");
-    assert_eq!(json(&["repair", name])["kept"], 1);
+    assert_eq!(
+        json(&["repair", name])["kept"],
+        2,
+        "the plain entry and the memo entry"
+    );
     let list = json(&["list"]);
     let found = list["segments"]
         .as_array()
