@@ -155,8 +155,8 @@ pub use cache::{
     Cache, CheckReport, Expiry, Info, Keys, Options, RepairSummary, SetOutcome, ShardStats, Stats,
 };
 pub use error::{Error, Result};
-pub use listing::{list_in, list_segments, SegmentListing};
-pub use memo::{ComputeError, ComputeOptions, Memo, MemoStats, MemoValue, OnError, Source, Ttl};
+pub use listing::{list_segments, SegmentListing};
+pub use memo::{ComputeError, ComputeOptions, Memo, MemoStats, MemoValue, OnError, Ttl};
 pub use name::{validate_name, MAX_NAME_LEN};
 pub use sync::{CoordStats, LockGuard, OnceBusy, Pool};
 pub use typed::{Codec, Postcard, Typed};

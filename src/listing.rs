@@ -37,7 +37,7 @@ pub fn list_segments() -> Result<Vec<SegmentListing>> {
 }
 
 /// [`list_segments`] over any directory (tests use a temporary one).
-pub fn list_in(dir: &Path) -> Result<Vec<SegmentListing>> {
+pub(crate) fn list_in(dir: &Path) -> Result<Vec<SegmentListing>> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::Os {
         op: "read_dir",
         name: dir.display().to_string(),

@@ -194,7 +194,7 @@ impl<E> ComputeError<E> {
 
 /// Where a memoized result came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     /// A fresh stored value.
     Hit,
     /// A stale stored value, served while someone else refreshes it.
