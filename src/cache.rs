@@ -159,10 +159,12 @@ impl Options {
         let shards = self.shards as u64;
         let per_shard = self.capacity_bytes.div_ceil(shards);
         let chunk = self.chunk_size.max(1) as u64;
+        // Plus the one spare record per shard that overwrites write into.
         let entries = self
             .max_entries
             .unwrap_or((self.capacity_bytes / 256).max(shards * 8))
-            .div_ceil(shards);
+            .div_ceil(shards)
+            .saturating_add(1);
         // Every entry slot owns a head chunk; the rest of the budget is shared overflow,
         // kept at half the budget or more so that long values still fit.
         let heads = entries.saturating_mul(chunk);
@@ -267,8 +269,8 @@ fn differences(asked: &Geometry, got: &Geometry) -> Vec<String> {
     cmp("shards", asked.shard_count as u64, got.shard_count as u64);
     cmp(
         "entries per shard",
-        asked.entries_per_shard as u64,
-        got.entries_per_shard as u64,
+        asked.entry_capacity() as u64,
+        got.entry_capacity() as u64,
     );
     cmp(
         "arena bytes per shard",
@@ -355,7 +357,7 @@ impl ShardStats {
             deletes: m.deletes,
             recoveries: m.recoveries,
             entries: m.len as u64,
-            entry_capacity: g.entries_per_shard as u64,
+            entry_capacity: g.entry_capacity() as u64,
             bytes_used: m.bytes_used,
             arena_used: (m.len as u64
                 + (g.chunks_per_shard as u64).saturating_sub(m.free_chunks as u64))
@@ -568,7 +570,7 @@ impl Cache {
             segment_bytes: g.total_size as u64,
             layout_version: h.layout_version,
             shards: g.shard_count,
-            max_entries: g.entries_per_shard as u64 * g.shard_count as u64,
+            max_entries: g.entry_capacity() as u64 * g.shard_count as u64,
             capacity_bytes: g.arena_bytes() * g.shard_count as u64,
             chunk_size: g.chunk_size,
             max_key_len: g.max_key_len,

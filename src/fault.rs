@@ -16,6 +16,11 @@ pub enum FaultPoint {
     StoreMidWrite = 2,
     /// Right after the coordination table's lock is taken and the table marked dirty.
     CoordHeld = 3,
+    /// Inside an overwrite, right after the new record committed (became live) and before
+    /// the old one is unlinked and freed.
+    StoreCommitted = 4,
+    /// Inside a delete, after the key left the index and before its record is freed.
+    RemoveMidway = 5,
 }
 
 /// What happens at an armed point.

@@ -123,10 +123,15 @@ pub struct ShardMeta {
     pub deletes: u64,
     /// Live entries with a deadline: while zero, stores skip the expiry sweep.
     pub expiring: u32,
+    /// While an overwrite is under way: the record being replaced, else [`NIL`].
+    pub replacing: u32,
+    /// While an overwrite is under way: the record replacing it, else [`NIL`]. Once that
+    /// record is `REC_LIVE` the overwrite has committed, and repair drops `replacing`.
+    pub replacement: u32,
     /// Reserved; zero.
-    pub _reserved0: u32,
+    pub _reserved1: u32,
     /// Reserved; zero.
-    pub _reserved: [u64; 3],
+    pub _reserved: [u64; 2],
 }
 
 /// One entry's metadata. 32 bytes.
@@ -239,6 +244,8 @@ const _: () = {
     assert!(offset_of!(ShardMeta, bytes_used) == 32);
     assert!(offset_of!(ShardMeta, recoveries) == 80);
     assert!(offset_of!(ShardMeta, expiring) == 96);
+    assert!(offset_of!(ShardMeta, replacing) == 100);
+    assert!(offset_of!(ShardMeta, replacement) == 104);
     assert!(size_of::<Record>() == 32);
     assert!(offset_of!(Record, key_len) == 16);
     assert!(offset_of!(Record, value_len) == 20);
@@ -346,7 +353,7 @@ pub const MAX_COORD_SLOTS: u32 = 1 << 20;
 pub struct Geometry {
     /// Number of shards.
     pub shard_count: u32,
-    /// Record slots per shard.
+    /// Record slots per shard: the shard's capacity plus one spare for overwrites.
     pub entries_per_shard: u32,
     /// Index slots per shard (power of two).
     pub index_slots: u32,
@@ -397,9 +404,10 @@ impl Geometry {
                 "shard count {shard_count} is outside 1..={MAX_SHARDS}"
             ));
         }
-        if entries_per_shard == 0 || entries_per_shard > MAX_ENTRIES_PER_SHARD {
+        // One record per shard is the spare an overwrite writes into (crash atomicity).
+        if !(2..=MAX_ENTRIES_PER_SHARD).contains(&entries_per_shard) {
             return Err(format!(
-                "entries per shard {entries_per_shard} is outside 1..={MAX_ENTRIES_PER_SHARD}"
+                "entries per shard {entries_per_shard} is outside 2..={MAX_ENTRIES_PER_SHARD}"
             ));
         }
         if chunks_per_shard == 0 || chunks_per_shard > MAX_CHUNKS_PER_SHARD {
@@ -567,6 +575,11 @@ impl Geometry {
             coord_offset: self.coord.offset as u64,
             _reserved: [0; 17],
         }
+    }
+
+    /// Live entries a shard holds at most: every record but the overwrite spare.
+    pub fn entry_capacity(&self) -> u32 {
+        self.entries_per_shard - 1
     }
 
     /// Key and value storage per shard: every record's head chunk plus the overflow chunks.

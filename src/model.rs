@@ -67,7 +67,7 @@ impl Model {
     pub fn new(g: &Geometry) -> Model {
         Model {
             entries: Vec::new(),
-            max_entries: g.entries_per_shard as usize,
+            max_entries: g.entry_capacity() as usize,
             chunks: g.chunks_per_shard as usize,
             chunk_size: g.chunk_size as usize,
         }
@@ -129,13 +129,9 @@ impl Model {
         }
         let need = self.need(key.len(), value.len());
         let evicted = match pos {
-            Some(i) => {
-                let old = &self.entries[i];
-                let ev = if self.need(old.key.len(), old.value.len()) == need {
-                    0
-                } else {
-                    self.make_room(need, false, Some(key))
-                };
+            Some(_) => {
+                // Out of place: the new chunks are taken while the old ones are still held.
+                let ev = self.make_room(need, false, Some(key));
                 let i = self.pos(key).expect("kept");
                 let mut e = self.entries.remove(i);
                 e.value = value.to_vec();

@@ -242,6 +242,8 @@ impl<'a> ShardView<'a> {
         m.sweep_cursor = 0;
         m.bytes_used = 0;
         m.expiring = 0;
+        m.replacing = NIL;
+        m.replacement = NIL;
     }
 
     // ----- small checked accessors -------------------------------------------------------
@@ -660,19 +662,19 @@ impl<'a> ShardView<'a> {
         Ok(removed)
     }
 
-    /// Evicts from the LRU tail until a record (if `need_record`) and `chunks` chunks are free,
-    /// never touching `keep`.
-    fn make_room(
-        &mut self,
-        chunks: u32,
-        need_record: bool,
-        keep: Option<u32>,
-        now: &mut Now,
-    ) -> TResult<u32> {
+    /// Evicts from the LRU tail until a record and `chunks` chunks are free for a write,
+    /// never touching `keep` (the entry an overwrite replaces).
+    ///
+    /// One record per shard is kept spare: an overwrite writes into it before freeing the
+    /// old record, so a new entry needs two free records and an overwrite one. The spare is
+    /// not counted in the shard's capacity.
+    fn make_room(&mut self, chunks: u32, keep: Option<u32>, now: &mut Now) -> TResult<u32> {
         let mut evicted = 0;
         let mut guard = self.recs.len() + 1;
+        let records_needed = if keep.is_some() { 1 } else { 2 };
         loop {
-            let rec_ok = !need_record || self.meta.free_rec_head != NIL;
+            let free_records = (self.recs.len() as u32).saturating_sub(self.meta.len);
+            let rec_ok = free_records >= records_needed && self.meta.free_rec_head != NIL;
             if rec_ok && self.meta.free_chunks >= chunks {
                 return Ok(evicted);
             }
@@ -819,77 +821,62 @@ impl<'a> ShardView<'a> {
         // same `now`, cannot expire it).
         self.sweep(now, 2)?;
         let need = self.chunks_for(key.len() + value.len());
-        let evicted;
-        match found {
-            Some((_, r)) => {
-                let old = *self.rec(r)?;
-                let expires_at = match deadline {
-                    Deadline::At(t) => t,
-                    Deadline::Keep { .. } => old.expires_at,
-                };
-                let old_need = self.chunks_for(Self::entry_len(&old));
-                if old_need == need {
-                    evicted = 0;
-                    self.rec_mut(r)?.state = REC_WRITING;
-                    self.write_at(r, old.first_chunk, key.len(), value)?;
-                    crate::fault::hit(crate::fault::FaultPoint::StoreMidWrite);
-                } else {
-                    evicted = self.make_room(need, false, Some(r), now)?;
-                    let first = self.alloc_chain(need)?;
-                    // The head chunk is rewritten in place, so the entry is marked first.
-                    self.rec_mut(r)?.state = REC_WRITING;
-                    self.write_at(r, first, 0, key)?;
-                    self.write_at(r, first, key.len(), value)?;
-                    self.rec_mut(r)?.first_chunk = first;
-                    crate::fault::hit(crate::fault::FaultPoint::StoreMidWrite);
-                    self.free_chain(old.first_chunk, old_need)?;
-                }
-                let x = self.rec_mut(r)?;
-                x.value_len = value.len() as u32;
-                x.expires_at = expires_at;
-                x.state = REC_LIVE;
-                self.deadline_changed(old.expires_at, expires_at);
-                self.meta.bytes_used =
-                    self.meta.bytes_used.saturating_sub(old.value_len as u64) + value.len() as u64;
-                self.touch(r)?;
+        let expires_at = match (deadline, found) {
+            (Deadline::At(t), _) => t,
+            (Deadline::Keep { .. }, Some((_, old))) => self.rec(old)?.expires_at,
+            (Deadline::Keep { default }, None) => default,
+        };
+        // Every write goes out of place into a fresh record (its own head chunk) and fresh
+        // chunks, and commits with one store: the new record's state becoming LIVE. A crash
+        // before that leaves the old entry (or none) whole; after it, repair finishes the
+        // overwrite (see `ShardMeta::replacing`).
+        let old = found.map(|(_, r)| r);
+        let evicted = self.make_room(need, old, now)?;
+        let r = self.meta.free_rec_head;
+        let next_free = {
+            let x = self.rec(r)?;
+            if x.state & REC_STATE_MASK != REC_FREE {
+                return corrupt("free list holds a used record");
             }
+            x.next
+        };
+        let first = self.alloc_chain(need)?;
+        self.meta.free_rec_head = next_free;
+        *self.rec_mut(r)? = Record {
+            hash: h,
+            prev: NIL,
+            next: NIL,
+            first_chunk: first,
+            key_len: key.len() as u16,
+            state: REC_WRITING,
+            value_len: value.len() as u32,
+            expires_at,
+        };
+        self.write_at(r, first, 0, key)?;
+        self.write_at(r, first, key.len(), value)?;
+        match old {
             None => {
-                evicted = self.make_room(need, true, None, now)?;
-                let r = self.meta.free_rec_head;
-                let next_free = {
-                    let x = self.rec(r)?;
-                    if x.state & REC_STATE_MASK != REC_FREE {
-                        return corrupt("free list holds a used record");
-                    }
-                    x.next
-                };
-                let first = self.alloc_chain(need)?;
-                self.write_at(r, first, 0, key)?;
-                self.write_at(r, first, key.len(), value)?;
-                self.meta.free_rec_head = next_free;
-                let expires_at = match deadline {
-                    Deadline::At(t) => t,
-                    Deadline::Keep { default } => default,
-                };
-                *self.rec_mut(r)? = Record {
-                    hash: h,
-                    prev: NIL,
-                    next: NIL,
-                    first_chunk: first,
-                    key_len: key.len() as u16,
-                    state: REC_WRITING,
-                    value_len: value.len() as u32,
-                    expires_at,
-                };
                 self.index_insert(r, h)?;
                 crate::fault::hit(crate::fault::FaultPoint::StoreMidWrite);
-                self.lru_push_front(r)?;
                 self.rec_mut(r)?.state = REC_LIVE;
-                self.deadline_changed(0, expires_at);
-                self.meta.len += 1;
-                self.meta.bytes_used += (key.len() + value.len()) as u64;
+            }
+            Some(o) => {
+                self.meta.replacing = o;
+                self.meta.replacement = r;
+                crate::fault::hit(crate::fault::FaultPoint::StoreMidWrite);
+                self.rec_mut(r)?.state = REC_LIVE;
+                crate::fault::hit(crate::fault::FaultPoint::StoreCommitted);
+                let slot = self.slot_of(o)?;
+                self.index[slot] = r + 1;
+                self.release(o)?;
+                self.meta.replacing = NIL;
+                self.meta.replacement = NIL;
             }
         }
+        self.lru_push_front(r)?;
+        self.deadline_changed(0, expires_at);
+        self.meta.len += 1;
+        self.meta.bytes_used += (key.len() + value.len()) as u64;
         self.meta.sets += 1;
         Ok(Stored::Written { evicted })
     }
@@ -898,7 +885,9 @@ impl<'a> ShardView<'a> {
     pub fn remove(&mut self, key: &[u8], h: u32, now: &mut Now) -> TResult<bool> {
         match self.find_live(key, h, now)? {
             Some((slot, r)) => {
-                self.remove_at(slot, r)?;
+                self.index_remove(slot)?;
+                crate::fault::hit(crate::fault::FaultPoint::RemoveMidway);
+                self.release(r)?;
                 self.meta.deletes += 1;
                 Ok(true)
             }
@@ -1122,6 +1111,9 @@ impl<'a> ShardView<'a> {
         if m.dirty != 0 {
             return Err("shard is marked dirty (an update was interrupted)".into());
         }
+        if m.replacing != NIL || m.replacement != NIL {
+            return Err("an overwrite was left half done".into());
+        }
         if m.len > n {
             return Err(format!("len {} exceeds capacity {n}", m.len));
         }
@@ -1304,8 +1296,20 @@ impl<'a> ShardView<'a> {
                 *l = NIL;
             }
         }
-        // 1. Decide which records survive, claiming their chunks with the mark bit.
+        // 0. An overwrite that committed (its new record is live) replaces the old record;
+        //    one that did not leaves the new record WRITING, which step 1 drops.
+        let (old, new) = (self.meta.replacing, self.meta.replacement);
+        self.meta.replacing = NIL;
+        self.meta.replacement = NIL;
         let mut report = RepairReport::default();
+        if old < n && new < n && old != new {
+            let committed = self.recs[new as usize].state & REC_STATE_MASK == REC_LIVE;
+            if committed {
+                // The old value was superseded, not lost: not counted as dropped.
+                self.recs[old as usize].state = REC_FREE;
+            }
+        }
+        // 1. Decide which records survive, claiming their chunks with the mark bit.
         for r in 0..n {
             let rec = self.recs[r as usize];
             let state = rec.state & REC_STATE_MASK;
@@ -1528,12 +1532,17 @@ mod tests {
 
     #[test]
     fn lru_evicts_least_recently_used_first() {
-        let g = small_geometry(); // 8 records
+        let g = small_geometry(); // 8 records: 7 entries and the overwrite spare
         let mut s = HeapShard::new(g);
         let mut v = s.view();
-        for i in 0..8u8 {
+        for i in 0..7u8 {
             set(&mut v, &g, &[i], b"x", 0, 1);
         }
+        // A full shard overwrites without evicting: the spare takes the new value.
+        assert_eq!(
+            set(&mut v, &g, &[3], b"y", 0, 1),
+            Stored::Written { evicted: 0 }
+        );
         assert!(get(&mut v, &g, &[0], 1).is_some()); // 0 becomes most recent; 1 is oldest
         assert_eq!(
             set(&mut v, &g, &[8], b"x", 0, 1),
