@@ -9,7 +9,8 @@ use crate::sys::fork;
 use crate::sys::robust::LockError;
 use crate::sys::segment::{OpenMode, OpenParams, Segment};
 use crate::table::{
-    key_hash, Deadline, Incr, Now, RepairReport, ShardView, StoreMode, Stored, TableError,
+    key_hash, CheckScratch, Deadline, Incr, Now, RepairReport, ShardView, StoreMode, Stored,
+    TableError,
 };
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -424,8 +425,12 @@ pub struct RepairSummary {
     pub kept: u64,
     /// Entries dropped because they failed validation.
     pub dropped: u64,
+    /// Shards that were damaged and rebuilt.
+    pub repaired_shards: u32,
     /// Shards that had to be cleared.
     pub cleared_shards: u32,
+    /// Coordination slots freed because they were damaged (`None`: the table was healthy).
+    pub coordination_slots_dropped: Option<u32>,
 }
 
 /// Outcome of a successful store.
@@ -964,26 +969,33 @@ impl Cache {
         }
     }
 
-    /// Validates every invariant of every shard and reports what is wrong. Read-only in
-    /// effect (it takes each lock briefly); a shard found damaged is left for `repair` or
-    /// the next operation, which repairs it.
+    /// Checks every invariant of every shard and of the coordination table, and reports
+    /// what is wrong. It only reads: it writes nothing to the segment, and repairs nothing
+    /// (see [`repair`](Self::repair)), with one exception every operation shares: a shard
+    /// whose last lock holder died inside it (or panicked) gets the lock protocol's
+    /// recovery before it is looked at. So after a `kill -9` of a holder, `check()` from any
+    /// process is healthy. A shard whose lock is held by a stopped process is reported as
+    /// not checked, after the lock timeout.
     pub fn check(&self) -> Result<CheckReport> {
         let mut report = CheckReport::default();
+        // Its memory is allocated here, before any lock: nothing allocates under one.
+        let mut scratch = CheckScratch::for_geometry(&self.geom);
         for s in 0..self.geom.shard_count as usize {
-            let mut guard = self
-                .seg
-                .lock_shard(s, self.lock_timeout)
-                .map_err(|e| self.lock_error(s, e))?;
+            let mut guard = match self.seg.lock_shard(s, self.lock_timeout) {
+                Ok(g) => g,
+                Err(LockError::Timeout) => {
+                    report.problems.push((s, self.not_checked()));
+                    continue;
+                }
+                Err(e) => return Err(self.lock_error(s, e)),
+            };
             let died = guard.owner_died();
-            let region = guard.region();
-            match ShardView::new(region, &self.geom) {
+            match ShardView::new(guard.region(), &self.geom) {
                 Ok(mut v) => {
-                    if died {
-                        report
-                            .problems
-                            .push((s, "a lock holder died inside the shard".to_string()));
-                        v.meta.dirty = 1; // the next operation repairs
-                    } else if let Err(e) = v.validate() {
+                    if died || v.meta.dirty != 0 {
+                        Self::recover(&mut v);
+                    }
+                    if let Err(e) = v.validate_with(&mut scratch) {
                         report.problems.push((s, e));
                     }
                 }
@@ -994,15 +1006,43 @@ impl Cache {
         Ok(report)
     }
 
-    /// Repairs every shard now (rebuilding indexes and lists from the entry records).
+    #[cold]
+    pub(crate) fn not_checked(&self) -> String {
+        format!(
+            "not checked: its lock was held for {:?} by a stopped or hung process",
+            self.lock_timeout
+        )
+    }
+
+    /// Repairs what [`check`](Self::check) finds: every damaged shard is rebuilt from its
+    /// entry records (dropping only entries that fail validation), and the coordination
+    /// table from its slots. Healthy shards are left alone, and a recovery is counted only
+    /// where something changed.
     pub fn repair(&self) -> Result<RepairSummary> {
         let mut sum = RepairSummary::default();
+        let mut scratch = CheckScratch::for_geometry(&self.geom);
         for s in 0..self.geom.shard_count as usize {
-            let rep = self.with_shard(s, |v| Ok(Self::recover(v)))?;
-            sum.kept += rep.kept as u64;
-            sum.dropped += rep.dropped as u64;
-            sum.cleared_shards += rep.cleared as u32;
+            let rep = self.with_shard(s, |v| {
+                // `with_shard` marks the shard dirty while `op` runs: look past that mark.
+                v.meta.dirty = 0;
+                let healthy = v.validate_with(&mut scratch).is_ok();
+                v.meta.dirty = 1;
+                if healthy {
+                    return Ok((v.meta.len, None));
+                }
+                Ok((0, Some(Self::recover(v))))
+            })?;
+            match rep {
+                (len, None) => sum.kept += len as u64,
+                (_, Some(rep)) => {
+                    sum.repaired_shards += 1;
+                    sum.kept += rep.kept as u64;
+                    sum.dropped += rep.dropped as u64;
+                    sum.cleared_shards += rep.cleared as u32;
+                }
+            }
         }
+        sum.coordination_slots_dropped = self.repair_coord()?;
         Ok(sum)
     }
 }

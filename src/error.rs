@@ -62,10 +62,12 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// A shard lock could not be taken in time: its holder is stopped or hung.
-    #[error("timed out after {waited:?} waiting for the lock of shard {shard} (its holder is stopped or hung)")]
+    /// A shard lock, or the coordination table's, could not be taken in time: its holder
+    /// is stopped or hung.
+    #[error("timed out after {waited:?} waiting for the lock of {} (its holder is stopped or hung)", lock_name(*shard))]
     LockTimeout {
-        /// Shard index.
+        /// Shard index, or [`COORDINATION_LOCK`] for the coordination table (locks, once,
+        /// pools and single-flight markers).
         shard: usize,
         /// How long the caller waited.
         waited: Duration,
@@ -155,3 +157,14 @@ pub enum Error {
 
 /// Result alias.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// [`Error::LockTimeout`]'s `shard` when the lock was the coordination table's.
+pub const COORDINATION_LOCK: usize = usize::MAX;
+
+fn lock_name(shard: usize) -> String {
+    if shard == COORDINATION_LOCK {
+        "the coordination table".to_string()
+    } else {
+        format!("shard {shard}")
+    }
+}

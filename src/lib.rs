@@ -154,7 +154,7 @@ pub mod support {
 pub use cache::{
     Cache, CheckReport, Expiry, Info, Keys, Options, RepairSummary, SetOutcome, ShardStats, Stats,
 };
-pub use error::{Error, Result};
+pub use error::{Error, Result, COORDINATION_LOCK};
 pub use listing::{list_segments, SegmentListing};
 pub use memo::{ComputeError, ComputeOptions, Memo, MemoStats, MemoValue, OnError, Ttl};
 pub use name::{validate_name, MAX_NAME_LEN};

@@ -87,9 +87,7 @@ impl Cache {
         let r = match CoordView::new(guard.region(), slots) {
             Ok(mut view) => {
                 if died || view.meta.dirty != 0 {
-                    view.meta.dirty = 1;
-                    view.repair();
-                    view.meta.recoveries += 1;
+                    Self::recover_coord(&mut view);
                 }
                 view.meta.dirty = 1;
                 fault::hit(FaultPoint::CoordHeld);
@@ -110,13 +108,9 @@ impl Cache {
     fn coord_lock_error(&self, e: crate::sys::robust::LockError) -> Error {
         use crate::sys::robust::LockError;
         match e {
-            LockError::Timeout => Error::Busy {
-                what: "coordination table of",
-                name: self.name().to_string(),
-                reason: format!(
-                    "its lock was not free within {:?} (holder stopped or hung)",
-                    self.lock_timeout
-                ),
+            LockError::Timeout => Error::LockTimeout {
+                shard: crate::error::COORDINATION_LOCK,
+                waited: self.lock_timeout,
             },
             LockError::NotRecoverable => Error::Corrupted {
                 name: self.name().to_string(),
@@ -130,20 +124,45 @@ impl Cache {
         }
     }
 
-    /// The coordination table's invariant check, without repairing.
+    /// The coordination table's invariant check. Like a shard's, it only reads, after the
+    /// lock protocol's recovery when a holder died mid-update.
     pub(crate) fn check_coord(&self) -> Result<Option<String>> {
-        let mut guard = self
-            .seg
-            .lock_coord(self.lock_timeout)
-            .map_err(|e| self.coord_lock_error(e))?;
-        if guard.owner_died() {
-            return Ok(Some("a holder died while updating it".to_string()));
-        }
+        let mut guard = match self.seg.lock_coord(self.lock_timeout) {
+            Ok(g) => g,
+            Err(crate::sys::robust::LockError::Timeout) => return Ok(Some(self.not_checked())),
+            Err(e) => return Err(self.coord_lock_error(e)),
+        };
+        let died = guard.owner_died();
         let slots = self.geom.coord.slots;
         Ok(match CoordView::new(guard.region(), slots) {
-            Ok(v) if v.meta.dirty != 0 => Some("an update was interrupted".to_string()),
-            Ok(v) => v.validate().err(),
+            Ok(mut v) => {
+                if died || v.meta.dirty != 0 {
+                    Self::recover_coord(&mut v);
+                }
+                v.validate().err()
+            }
             Err(e) => Some(e.to_string()),
+        })
+    }
+
+    /// The lock protocol's recovery of the coordination table.
+    #[cold]
+    fn recover_coord(view: &mut CoordView) -> u32 {
+        view.meta.dirty = 1;
+        let dropped = view.repair();
+        view.meta.recoveries += 1;
+        view.meta.dirty = 0;
+        dropped
+    }
+
+    /// Repairs the coordination table if it is damaged; how many slots that freed, or
+    /// `None` if it was healthy.
+    pub(crate) fn repair_coord(&self) -> Result<Option<u32>> {
+        self.with_coord(|v| {
+            if v.validate().is_ok() {
+                return None;
+            }
+            Some(Self::recover_coord(v))
         })
     }
 

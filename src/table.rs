@@ -36,6 +36,76 @@ fn corrupt<T>(what: &'static str) -> TResult<T> {
     Err(TableError::Corrupt(what))
 }
 
+/// A bit set over `0..len`, in memory of its own.
+#[derive(Default)]
+pub struct Bits(Vec<u64>);
+
+impl Bits {
+    fn reset(&mut self, len: usize) -> Result<(), String> {
+        let words = len.div_ceil(64);
+        if self.0.len() != words {
+            return Err(format!(
+                "check scratch is for {} bits, not {len}",
+                self.0.len() * 64
+            ));
+        }
+        self.0.fill(0);
+        Ok(())
+    }
+
+    fn get(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    /// Sets bit `i`; true if it was set already (or `i` is out of range).
+    fn test_and_set(&mut self, i: usize) -> bool {
+        match self.0.get_mut(i / 64) {
+            Some(w) => {
+                let was = *w & (1 << (i % 64)) != 0;
+                *w |= 1 << (i % 64);
+                was
+            }
+            None => true,
+        }
+    }
+}
+
+/// What [`ShardView::validate_with`] keeps track of, outside the segment: the records and
+/// chunks it has seen, and a buffer for one key. Allocate it before taking a shard's lock.
+pub struct CheckScratch {
+    recs: Bits,
+    chunks: Bits,
+    key: Vec<u8>,
+}
+
+impl CheckScratch {
+    /// Scratch for shards of `records` records, `chunks` overflow chunks and keys of up to
+    /// `max_key` bytes.
+    pub fn new(records: usize, chunks: usize, max_key: usize) -> CheckScratch {
+        CheckScratch {
+            recs: Bits(vec![0; records.div_ceil(64)]),
+            chunks: Bits(vec![0; chunks.div_ceil(64)]),
+            key: Vec::with_capacity(max_key),
+        }
+    }
+
+    /// Scratch for the shards of `g`.
+    pub fn for_geometry(g: &Geometry) -> CheckScratch {
+        Self::new(
+            g.entries_per_shard as usize,
+            g.chunks_per_shard as usize,
+            g.max_key_len as usize,
+        )
+    }
+
+    fn reset(&mut self, records: usize, chunks: usize) -> Result<(), String> {
+        self.recs.reset(records)?;
+        self.chunks.reset(chunks)?;
+        self.key.clear();
+        Ok(())
+    }
+}
+
 /// The 64-bit key hash shared by every process attached to a segment.
 #[inline]
 pub fn key_hash(seed: u64, key: &[u8]) -> u64 {
@@ -1093,19 +1163,17 @@ impl<'a> ShardView<'a> {
         Ok(())
     }
 
-    /// Checks every invariant of the shard; `Err` says the first one broken.
-    ///
-    /// Uses transient mark bits (restored before returning), so it needs `&mut self`.
-    pub fn validate(&mut self) -> Result<(), String> {
-        let result = self.validate_marking();
-        for r in self.recs.iter_mut() {
-            r.state &= !REC_VISITED;
-        }
-        self.unmark_all();
-        result
+    /// Checks every invariant of the shard; `Err` says the first one broken. Only reads:
+    /// what it has seen is kept in memory of its own (here allocated; see
+    /// [`validate_with`](Self::validate_with) to allocate it before taking a lock).
+    pub fn validate(&self) -> Result<(), String> {
+        let mut scratch = CheckScratch::new(self.recs.len(), self.links.len(), self.max_key);
+        self.validate_with(&mut scratch)
     }
 
-    fn validate_marking(&mut self) -> Result<(), String> {
+    /// [`validate`](Self::validate) with scratch memory sized for this shard's geometry.
+    pub fn validate_with(&self, scratch: &mut CheckScratch) -> Result<(), String> {
+        scratch.reset(self.recs.len(), self.links.len())?;
         let n = self.recs.len() as u32;
         let m = *self.meta;
         if m.dirty != 0 {
@@ -1126,9 +1194,9 @@ impl<'a> ShardView<'a> {
         while i != NIL {
             let r = self
                 .recs
-                .get_mut(i as usize)
+                .get(i as usize)
                 .ok_or_else(|| format!("LRU link {i} out of range"))?;
-            if r.state & REC_VISITED != 0 {
+            if scratch.recs.test_and_set(i as usize) {
                 return Err(format!("LRU list revisits record {i}"));
             }
             if r.state != REC_LIVE {
@@ -1137,7 +1205,6 @@ impl<'a> ShardView<'a> {
             if r.prev != prev {
                 return Err(format!("record {i} prev link {} should be {prev}", r.prev));
             }
-            r.state |= REC_VISITED;
             bytes += Self::entry_len(r) as u64;
             expiring += u32::from(r.expires_at != 0);
             count += 1;
@@ -1156,10 +1223,8 @@ impl<'a> ShardView<'a> {
         if expiring != m.expiring {
             return Err(format!("expiring {} should be {expiring}", m.expiring));
         }
-        if let Some(i) = self
-            .recs
-            .iter()
-            .position(|r| r.state & REC_STATE_MASK != REC_FREE && r.state & REC_VISITED == 0)
+        if let Some(i) = (0..self.recs.len())
+            .find(|&i| self.recs[i].state & REC_STATE_MASK != REC_FREE && !scratch.recs.get(i))
         {
             return Err(format!("record {i} is in use but not on the LRU list"));
         }
@@ -1169,16 +1234,15 @@ impl<'a> ShardView<'a> {
         while i != NIL {
             let r = self
                 .recs
-                .get_mut(i as usize)
+                .get(i as usize)
                 .ok_or_else(|| format!("free record link {i} out of range"))?;
             if r.state != REC_FREE {
                 return Err(format!("free list holds record {i} in state {}", r.state));
             }
-            r.state |= REC_VISITED;
-            free += 1;
-            if free > n {
+            if scratch.recs.test_and_set(i as usize) {
                 return Err("free record list is cyclic".into());
             }
+            free += 1;
             i = r.next;
         }
         if free + count != n {
@@ -1204,13 +1268,17 @@ impl<'a> ShardView<'a> {
             if rec.state & REC_STATE_MASK != REC_LIVE {
                 return Err(format!("index slot {slot} points at a free record {r}"));
             }
-            let mut key = Vec::new();
-            self.read_key(r, &mut key)
+            if rec.key_len as usize > self.max_key || rec.value_len as usize > self.max_value {
+                return Err(format!("record {r} exceeds the size limits"));
+            }
+            // Into memory reserved before locking: no allocation here.
+            scratch.key.clear();
+            self.read_key(r, &mut scratch.key)
                 .map_err(|e| format!("record {r}: {e:?}"))?;
-            if key_hash(self.seed, &key) as u32 != rec.hash {
+            if key_hash(self.seed, &scratch.key) as u32 != rec.hash {
                 return Err(format!("record {r} hash does not match its key"));
             }
-            match self.find(&key, rec.hash) {
+            match self.find(&scratch.key, rec.hash) {
                 Ok(Some((s, found))) if s == slot && found == r => {}
                 other => return Err(format!("record {r} not findable from its home: {other:?}")),
             }
@@ -1223,12 +1291,9 @@ impl<'a> ShardView<'a> {
             if rec.state & REC_STATE_MASK != REC_LIVE {
                 continue;
             }
-            if rec.key_len as usize > self.max_key || rec.value_len as usize > self.max_value {
-                return Err(format!("record {r} exceeds the size limits"));
-            }
             let need = self.chunks_for(Self::entry_len(&rec));
-            self.mark_chain(rec.first_chunk, need)
-                .map_err(|(_, e)| format!("record {r}: {e}"))?;
+            self.walk_chain(rec.first_chunk, need, &mut scratch.chunks)
+                .map_err(|e| format!("record {r}: {e}"))?;
             owned += need;
         }
         let mut c = m.free_chunk_head;
@@ -1238,12 +1303,11 @@ impl<'a> ShardView<'a> {
                 .links
                 .get(c as usize)
                 .ok_or_else(|| format!("free chunk link {c} out of range"))?;
-            if Self::is_marked(l) {
+            if scratch.chunks.test_and_set(c as usize) {
                 return Err(format!(
                     "chunk {c} is both free and used, or the free list cycles"
                 ));
             }
-            self.set_mark(c, l);
             nfree += 1;
             c = l;
         }
@@ -1255,6 +1319,36 @@ impl<'a> ShardView<'a> {
         }
         if owned + nfree != total {
             return Err(format!("{owned} used + {nfree} free chunks != {total}"));
+        }
+        Ok(())
+    }
+
+    /// Follows a chain of exactly `need` chunks from `first`, setting each in `seen` and
+    /// failing on a chunk seen before (shared, or a cycle) or a wrong length.
+    fn walk_chain(&self, first: u32, need: u32, seen: &mut Bits) -> Result<(), String> {
+        if need == 0 {
+            return if first == NIL {
+                Ok(())
+            } else {
+                Err("empty entry has a chunk".into())
+            };
+        }
+        let mut c = first;
+        for k in 0..need {
+            let Some(&l) = self.links.get(c as usize) else {
+                return Err(format!("chunk {c} out of range"));
+            };
+            if seen.test_and_set(c as usize) {
+                return Err(format!("chunk {c} is shared or the chain cycles"));
+            }
+            let last = k + 1 == need;
+            if !last && l == NIL {
+                return Err("chain is shorter than its entry".into());
+            }
+            if last && l != NIL {
+                return Err("chain is longer than its entry".into());
+            }
+            c = l;
         }
         Ok(())
     }

@@ -170,6 +170,10 @@ fn repair_on_a_healthy_cache_keeps_everything() {
     }
     let r = c.repair().unwrap();
     assert_eq!((r.kept, r.dropped, r.cleared_shards), (100, 0, 0));
+    assert_eq!(r.repaired_shards, 0, "nothing to repair");
+    assert_eq!(r.coordination_slots_dropped, None);
+    // A repair that changed nothing counts no recovery.
+    assert_eq!(c.stats().unwrap().total.recoveries, 0);
     for i in 0..100u32 {
         assert_eq!(
             c.get(&i.to_le_bytes()).unwrap(),

@@ -419,11 +419,18 @@ fn run(cmd: Cmd, ctx: Ctx) -> Result<Output, Error> {
         }
         Cmd::Repair { name } => {
             let r = open(&name)?.repair()?;
+            let coord = match r.coordination_slots_dropped {
+                None => "coordination table healthy".to_string(),
+                Some(n) => format!("coordination table repaired ({n} slots dropped)"),
+            };
             Output::ok(
-                json!({ "kept": r.kept, "dropped": r.dropped, "cleared_shards": r.cleared_shards }),
+                json!({ "kept": r.kept, "dropped": r.dropped,
+                        "repaired_shards": r.repaired_shards,
+                        "cleared_shards": r.cleared_shards,
+                        "coordination_slots_dropped": r.coordination_slots_dropped }),
                 format!(
-                    "kept {} dropped {} cleared shards {}",
-                    r.kept, r.dropped, r.cleared_shards
+                    "repaired {} shards: kept {} entries, dropped {}, cleared shards {}; {coord}",
+                    r.repaired_shards, r.kept, r.dropped, r.cleared_shards
                 ),
             )
         }
