@@ -545,6 +545,16 @@ impl Cache {
         Segment::unlink(name)
     }
 
+    /// Restores the header of segment `name` from its backup copy after damage that makes
+    /// opening fail with a `Corrupted` error naming a header field (or rewrites a damaged
+    /// backup from a sound header). Refused with `Error::Busy` while any process has the
+    /// segment mapped: fix it only when nobody is attached. Returns the fields restored.
+    /// The CLI's `shmemcache repair --force NAME` calls this.
+    pub fn repair_header(name: &str) -> Result<Vec<&'static str>> {
+        validate_name(name)?;
+        Segment::restore_header(name)
+    }
+
     /// The segment name.
     pub fn name(&self) -> &str {
         self.seg.name()

@@ -21,6 +21,8 @@ pub enum FaultPoint {
     StoreCommitted = 4,
     /// Inside a delete, after the key left the index and before its record is freed.
     RemoveMidway = 5,
+    /// While creating a segment: its header is written, it is not yet marked ready.
+    Formatting = 6,
 }
 
 /// What happens at an armed point.

@@ -34,6 +34,8 @@ pub const MIN_CHUNK: u32 = 16;
 pub const MAX_CHUNK: u32 = 64 * 1024;
 
 /// The segment header: written once by the creator, read-only afterwards except `ready`.
+/// A second copy, the backup, follows it at [`BACKUP_OFFSET`]; both carry a checksum over
+/// every field but `ready` ([`Header::checksum`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct Header {
@@ -75,14 +77,90 @@ pub struct Header {
     pub shards_offset: u64,
     /// Bytes the whole segment must have.
     pub total_size: u64,
-    /// Process id of the creator, for display only.
+    /// Process id of the creator: with `creator_start` it tells whether the creator of a
+    /// segment never marked ready is still alive.
     pub creator_pid: u32,
     /// Reserved, zero.
     pub _reserved1: u32,
     /// Byte offset of the coordination area (after the last shard).
     pub coord_offset: u64,
+    /// Start time of the creator (clock ticks after boot), 0 if unknown.
+    pub creator_start: u64,
+    /// xxh3 of the header's 256 bytes with `ready` and `checksum` zeroed.
+    pub checksum: u64,
     /// Reserved for future fields; zero.
-    pub _reserved: [u64; 17],
+    pub _reserved: [u64; 15],
+}
+
+/// Where the backup copy of the header lies: right after the header.
+pub const BACKUP_OFFSET: usize = 256;
+
+impl Header {
+    /// The checksum of every field but `ready` (the one field written after creation) and
+    /// `checksum` itself.
+    pub fn checksum(&self) -> u64 {
+        let mut h = *self;
+        h.ready = 0;
+        h.checksum = 0;
+        xxhash_rust::xxh3::xxh3_64_with_seed(bytemuck::bytes_of(&h), 0x5348_4d43_4845_4144)
+    }
+
+    /// This header with its checksum filled in.
+    pub fn sealed(mut self) -> Header {
+        self.checksum = self.checksum();
+        self
+    }
+
+    /// Whether the stored checksum matches the fields.
+    pub fn checksum_ok(&self) -> bool {
+        self.checksum == self.checksum()
+    }
+
+    /// The names of the fields in which `self` and `other` differ.
+    pub fn differing_fields(&self, other: &Header) -> Vec<&'static str> {
+        let mut d = Vec::new();
+        let mut cmp = |name: &'static str, a: &[u8], b: &[u8]| {
+            if a != b {
+                d.push(name);
+            }
+        };
+        let (a, b) = (self, other);
+        cmp("magic", &a.magic, &b.magic);
+        macro_rules! fields {
+            ($($f:ident),*) => { $( cmp(stringify!($f), &a.$f.to_ne_bytes(), &b.$f.to_ne_bytes()); )* };
+        }
+        fields!(
+            layout_version,
+            abi_tag,
+            ready,
+            header_size,
+            shard_count,
+            entries_per_shard,
+            index_slots,
+            chunks_per_shard,
+            chunk_size,
+            max_key_len,
+            max_value_len,
+            coord_slots,
+            default_ttl_ns,
+            hash_seed,
+            created_unix_ns,
+            shard_stride,
+            shards_offset,
+            total_size,
+            creator_pid,
+            _reserved1,
+            coord_offset,
+            creator_start,
+            checksum
+        );
+        cmp(
+            "reserved",
+            bytemuck::cast_slice(&a._reserved),
+            bytemuck::cast_slice(&b._reserved),
+        );
+        d
+    }
 }
 
 /// Per-shard bookkeeping, guarded by the shard's mutex.
@@ -235,6 +313,8 @@ const _: () = {
     assert!(offset_of!(Header, total_size) == 96);
     assert!(offset_of!(Header, coord_slots) == 52);
     assert!(offset_of!(Header, coord_offset) == 112);
+    assert!(offset_of!(Header, creator_start) == 120);
+    assert!(offset_of!(Header, checksum) == 128);
     assert!(size_of::<CoordMeta>() == 64);
     assert!(size_of::<CoordSlot>() == 64);
     assert!(offset_of!(CoordSlot, key) == 8);
@@ -453,7 +533,8 @@ impl Geometry {
         let arena_off = align_up(links_off + 4 * chunks_per_shard as u64, a);
         let region_len = align_up(arena_off + arena, a);
         let stride = align_up(LOCK_BLOCK as u64 + region_len, 2 * a);
-        let shards_offset = align_up(size_of::<Header>() as u64, 2 * a);
+        // The header, then its backup copy.
+        let shards_offset = align_up(2 * size_of::<Header>() as u64, 2 * a);
         let total = stride
             .checked_mul(shard_count as u64)
             .and_then(|s| s.checked_add(shards_offset))
@@ -549,7 +630,7 @@ impl Geometry {
     }
 
     /// A header describing this geometry (not yet marked ready).
-    pub fn to_header(self, created_unix_ns: u64, creator_pid: u32) -> Header {
+    pub fn to_header(self, created_unix_ns: u64, creator_pid: u32, creator_start: u64) -> Header {
         Header {
             magic: MAGIC,
             layout_version: LAYOUT_VERSION,
@@ -573,8 +654,11 @@ impl Geometry {
             creator_pid,
             _reserved1: 0,
             coord_offset: self.coord.offset as u64,
-            _reserved: [0; 17],
+            creator_start,
+            checksum: 0,
+            _reserved: [0; 15],
         }
+        .sealed()
     }
 
     /// Live entries a shard holds at most: every record but the overwrite spare.
@@ -631,22 +715,22 @@ mod tests {
     #[test]
     fn header_round_trips_through_geometry() {
         let g = geom();
-        let h = g.to_header(1, 2);
+        let h = g.to_header(1, 2, 3);
         assert_eq!(Geometry::from_header(&h).unwrap(), g);
     }
 
     #[test]
     fn tampered_header_is_refused() {
-        let mut h = geom().to_header(1, 2);
+        let mut h = geom().to_header(1, 2, 3);
         h.total_size += 64;
         assert!(Geometry::from_header(&h).is_err());
-        let mut h = geom().to_header(1, 2);
+        let mut h = geom().to_header(1, 2, 3);
         h.index_slots = 4;
         assert!(Geometry::from_header(&h).is_err());
-        let mut h = geom().to_header(1, 2);
+        let mut h = geom().to_header(1, 2, 3);
         h.chunk_size = 48;
         assert!(Geometry::from_header(&h).is_err());
-        let mut h = geom().to_header(1, 2);
+        let mut h = geom().to_header(1, 2, 3);
         h.shard_count = u32::MAX;
         assert!(Geometry::from_header(&h).is_err());
     }

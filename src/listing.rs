@@ -89,7 +89,7 @@ mod tests {
         std::fs::write(dir.path().join("other"), vec![7u8; 4096]).unwrap();
         std::fs::create_dir(dir.path().join("a-dir")).unwrap();
         let g = crate::layout::Geometry::new(2, 8, 64, 64, 32, 512, 0, 1).unwrap();
-        let mut h = g.to_header(5, 42);
+        let mut h = g.to_header(5, 42, 0);
         h.ready = READY;
         let mut bytes = bytemuck::bytes_of(&h).to_vec();
         bytes.resize(1024, 0);

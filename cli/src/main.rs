@@ -125,8 +125,14 @@ enum Cmd {
     Unlink { name: String },
     /// Validate every invariant; exit 1 with a report if damaged.
     Check { name: String },
-    /// Rebuild damaged shards from their entry records.
-    Repair { name: String },
+    /// Rebuild damaged shards and the coordination table; with --force, first restore a
+    /// damaged header from its backup copy (only while no process has the segment open).
+    Repair {
+        name: String,
+        /// Restore the header from its backup copy (refused while the segment is mapped).
+        #[arg(long)]
+        force: bool,
+    },
     /// Benchmark shmemcache across processes, optionally against Redis, LMDB, the floor
     /// and an in-process LRU, in the same run.
     Bench(bench::BenchArgs),
@@ -417,7 +423,18 @@ fn run(cmd: Cmd, ctx: Ctx) -> Result<Output, Error> {
                 code: if r.is_healthy() { 0 } else { 1 },
             }
         }
-        Cmd::Repair { name } => {
+        Cmd::Repair { name, force } => {
+            let restored = if force {
+                Cache::repair_header(&name)?
+            } else {
+                Vec::new()
+            };
+            if !restored.is_empty() && !as_json {
+                eprintln!(
+                    "shmemcache: restored header fields of {name} from the backup copy: {}",
+                    restored.join(", ")
+                );
+            }
             let r = open(&name)?.repair()?;
             let coord = match r.coordination_slots_dropped {
                 None => "coordination table healthy".to_string(),
@@ -425,6 +442,7 @@ fn run(cmd: Cmd, ctx: Ctx) -> Result<Output, Error> {
             };
             Output::ok(
                 json!({ "kept": r.kept, "dropped": r.dropped,
+                        "header_fields_restored": restored,
                         "repaired_shards": r.repaired_shards,
                         "cleared_shards": r.cleared_shards,
                         "coordination_slots_dropped": r.coordination_slots_dropped }),

@@ -401,3 +401,22 @@ fn bench_smoke_against_a_redis_server_it_starts() {
     let v = bench_json("redis");
     check_results(&v, &["shmemcache", "redis"]);
 }
+
+#[test]
+fn a_damaged_header_names_the_way_out_and_repair_force_takes_it() {
+    let n = Name::new("hdr");
+    let name = n.0.as_str();
+    text(&["create", name, "--capacity", "1MiB", "--shards", "1"]);
+    text(&["set", name, "k", "v"]);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/dev/shm/{name}"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0xee; 4], 64).unwrap(); // hash_seed
+    let e = fails(&["get", name, "k"], 2);
+    assert!(e.contains("hash_seed") && e.contains("repair --force"), "{e}");
+    let out = cli().args(["repair", "--force", name]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hash_seed"));
+    assert_eq!(text(&["get", name, "k"]), "v\n");
+}

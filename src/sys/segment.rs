@@ -3,14 +3,16 @@
 //!
 //! Create/join protocol (DESIGN.md draws it): whoever opens the name takes an exclusive
 //! `flock` on it before looking inside. A segment whose header says ready is validated and
-//! joined; one that is empty (or holds a header a creator never finished) is formatted by
-//! the lock holder if it may create, so a creator that died mid-initialization never leaves
-//! a name unusable. `flock` is released as soon as the header is checked: it guards only
+//! joined. An empty file, or one whose header a creator wrote but never marked ready while
+//! that creator is provably dead (pid + start time), is formatted by the lock holder if it
+//! may create: a creator that died mid-initialization never leaves a name unusable. Nothing
+//! else is ever formatted, truncated or re-initialized: a damaged header is an error naming
+//! the field. `flock` is released as soon as the header is checked: it guards only
 //! initialization, never cache operations.
 
 use crate::error::{Error, Result};
-use crate::layout::{Geometry, Header, LAYOUT_VERSION, MAGIC, READY};
-use crate::sys::robust;
+use crate::layout::{Geometry, Header, BACKUP_OFFSET, LAYOUT_VERSION, MAGIC, READY};
+use crate::sys::{process, robust};
 use crate::table::ShardView;
 use memmap2::{MmapOptions, MmapRaw};
 use nix::errno::Errno;
@@ -86,16 +88,23 @@ fn shm_path(name: &str) -> String {
 impl Segment {
     /// Opens, creates or joins the segment `name` (already validated).
     pub fn open(name: &str, p: &OpenParams) -> Result<Segment> {
-        let started = Instant::now();
+        // A timeout too long to represent is no deadline at all.
+        let deadline = Instant::now().checked_add(p.init_timeout);
         loop {
             let (file, created_now) = Self::open_file(name, p)?;
-            if let Some(seg) = Self::init_or_join(name, p, file, created_now, started)? {
+            let joined = Self::init_or_join(name, p, file, created_now, deadline);
+            if created_now && joined.is_err() {
+                // Ours and never made ready: nobody else can have it mapped.
+                let _ = nix::sys::mman::shm_unlink(shm_path(name).as_str());
+            }
+            if let Some(seg) = joined? {
                 return Ok(seg);
             }
-            if started.elapsed() > p.init_timeout {
+            if deadline.is_some_and(|d| Instant::now() > d) {
                 return Err(Error::Corrupted {
                     name: name.to_string(),
-                    reason: "the segment was never initialized (its creator died?); unlink it"
+                    reason: "its creator is still initializing it after the init timeout \
+                             (stopped?); unlink it if that process is gone"
                         .to_string(),
                 });
             }
@@ -146,7 +155,7 @@ impl Segment {
         p: &OpenParams,
         file: File,
         created_now: bool,
-        started: Instant,
+        deadline: Option<Instant>,
     ) -> Result<Option<Segment>> {
         let st = fstat(file.as_raw_fd()).map_err(|e| os("fstat", name, e))?;
         // SAFETY: geteuid has no preconditions and cannot fail.
@@ -161,46 +170,111 @@ impl Segment {
                 ),
             });
         }
-        let locked = Self::flock_until(name, file, started + p.init_timeout)?;
+        let locked = Self::flock_until(name, file, deadline)?;
         let st = fstat(locked.as_raw_fd()).map_err(|e| os("fstat", name, e))?;
         let size = st.st_size.max(0) as u64;
-        let mut raw = [0u8; size_of::<Header>()];
-        let header = if size >= raw.len() as u64 {
-            locked.read_exact_at(&mut raw, 0).map_err(|e| Error::Os {
-                op: "read header",
-                name: name.to_string(),
-                source: e,
-            })?;
-            Some(bytemuck::pod_read_unaligned::<Header>(&raw))
-        } else {
-            None
+        if size == 0 {
+            // Nothing was ever written into it: just created (by us, or by a creator that
+            // died before writing its header, or one about to lock it). No process can have
+            // mapped anything of it.
+            if p.mode == OpenMode::OpenExisting {
+                return Ok(None);
+            }
+            return Self::format(name, &locked, &p.geometry).map(Some);
+        }
+        let corrupted = |reason: String| Error::Corrupted {
+            name: name.to_string(),
+            reason,
         };
-        let blank = header.is_none() || raw.iter().all(|&b| b == 0);
-        if let Some(h) = header.filter(|_| !blank) {
-            if h.magic != MAGIC {
-                return Err(Error::Incompatible {
-                    name: name.to_string(),
-                    reason: "not a shmemcache segment (bad magic)".to_string(),
-                });
-            }
-            if h.ready == READY {
-                return Self::join(name, &locked, h, size).map(Some);
-            }
+        let headers = BACKUP_OFFSET + size_of::<Header>();
+        if size < headers as u64 {
+            return Err(corrupted(format!(
+                "truncated: the file has {size} bytes, fewer than its {headers}-byte header; \
+                 `shmemcache unlink {name}` removes it"
+            )));
         }
-        // Uninitialized: empty, or a creator died before marking it ready.
-        if p.mode == OpenMode::OpenExisting {
-            return Ok(None);
+        let mut raw = [0u8; BACKUP_OFFSET + size_of::<Header>()];
+        locked.read_exact_at(&mut raw, 0).map_err(|e| Error::Os {
+            op: "read header",
+            name: name.to_string(),
+            source: e,
+        })?;
+        let primary = bytemuck::pod_read_unaligned::<Header>(&raw[..size_of::<Header>()]);
+        let backup = bytemuck::pod_read_unaligned::<Header>(&raw[BACKUP_OFFSET..]);
+        let backup_ok = backup.magic == MAGIC && backup.checksum_ok();
+        if primary.magic != MAGIC && !backup_ok {
+            return Err(Error::Incompatible {
+                name: name.to_string(),
+                reason: "not a shmemcache segment (bad magic)".to_string(),
+            });
         }
-        Self::format(name, &locked, &p.geometry).map(Some)
+        // Another layout may lay its header out differently: refuse before reading on.
+        if primary.magic == MAGIC && primary.layout_version != LAYOUT_VERSION {
+            let hint = if backup_ok && backup.layout_version == LAYOUT_VERSION {
+                format!(
+                    "; its backup copy says version {LAYOUT_VERSION}, so if no other build \
+                     made it the field is damaged: `shmemcache repair --force {name}` \
+                     restores it"
+                )
+            } else {
+                String::new()
+            };
+            return Err(Error::Incompatible {
+                name: name.to_string(),
+                reason: format!(
+                    "layout version {} (this build reads version {LAYOUT_VERSION}){hint}",
+                    primary.layout_version
+                ),
+            });
+        }
+        if primary.magic != MAGIC || !primary.checksum_ok() {
+            return Err(corrupted(damaged_header(
+                name, &primary, &backup, backup_ok,
+            )));
+        }
+        match primary.ready {
+            READY => Self::join(name, &locked, primary, size).map(Some),
+            0 if backup_ok && backup.ready == READY => Err(corrupted(format!(
+                "header field `ready` is damaged (its backup copy says the segment was \
+                 completed); `shmemcache repair --force {name}` restores it once no process \
+                 has it open"
+            ))),
+            0 => {
+                // A creator wrote its header and has not marked it ready: still working, or
+                // died. Only a provably dead creator's segment is taken over, formatted in
+                // place with the geometry it chose (never truncated).
+                let creator = process::ProcessId {
+                    pid: primary.creator_pid,
+                    start: primary.creator_start,
+                };
+                if process::is_alive(creator) {
+                    return Ok(None);
+                }
+                if p.mode == OpenMode::OpenExisting {
+                    return Err(corrupted(format!(
+                        "it was never completed: its creator (pid {}) died while formatting \
+                         it; opening it with Cache::open completes it, or unlink it",
+                        primary.creator_pid
+                    )));
+                }
+                let geom = Geometry::from_header(&primary)
+                    .map_err(|r| corrupted(format!("bad header: {r}")))?;
+                Self::format(name, &locked, &geom).map(Some)
+            }
+            other => Err(corrupted(format!(
+                "header field `ready` is damaged (it holds {other:#x}); `shmemcache repair \
+                 --force {name}` restores it from the backup copy once no process has it open"
+            ))),
+        }
     }
 
-    fn flock_until(name: &str, file: File, deadline: Instant) -> Result<Flock<File>> {
+    fn flock_until(name: &str, file: File, deadline: Option<Instant>) -> Result<Flock<File>> {
         let mut file = file;
         loop {
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(l) => return Ok(l),
                 Err((f, Errno::EWOULDBLOCK)) | Err((f, Errno::EINTR)) => {
-                    if Instant::now() > deadline {
+                    if deadline.is_some_and(|d| Instant::now() > d) {
                         return Err(Error::Corrupted {
                             name: name.to_string(),
                             reason: "timed out waiting for its creator to finish initializing it"
@@ -255,30 +329,33 @@ impl Segment {
         })
     }
 
+    /// Formats the segment under the init lock: a new (empty) file, or a provably dead
+    /// creator's half-made one. Never truncates: the file only grows to `total_size`.
     fn format(name: &str, file: &File, geom: &Geometry) -> Result<Segment> {
+        let me = process::current();
+        let header = geom.to_header(crate::clock::unix_ns(), me.pid, me.start);
+        // The header goes first, in one write: from here on, any other opener can tell who
+        // is formatting (and whether that process is still alive).
+        file.write_all_at(bytemuck::bytes_of(&header), 0)
+            .map_err(|e| Error::Os {
+                op: "write header",
+                name: name.to_string(),
+                source: e,
+            })?;
+        // Reserve every page now: a plain ftruncate would let a full /dev/shm surface later
+        // as SIGBUS on first touch.
         let len = geom.total_size as i64;
-        // Zero any leftovers of a failed creator, then reserve every page now: a plain
-        // ftruncate would let a full /dev/shm surface later as SIGBUS on first touch.
-        file.set_len(0).map_err(|e| Error::Os {
-            op: "ftruncate",
-            name: name.to_string(),
-            source: e,
-        })?;
-        match nix::fcntl::posix_fallocate(file.as_raw_fd(), 0, len) {
-            Ok(()) => {}
-            Err(e) => {
-                let _ = nix::sys::mman::shm_unlink(shm_path(name).as_str());
-                return Err(match e {
-                    Errno::ENOSPC | Errno::EFBIG | Errno::ENOMEM => Error::NoSpace {
-                        name: name.to_string(),
-                        needed: geom.total_size as u64,
-                    },
-                    e => os("posix_fallocate", name, e),
-                });
-            }
+        if let Err(e) = nix::fcntl::posix_fallocate(file.as_raw_fd(), 0, len) {
+            return Err(match e {
+                Errno::ENOSPC | Errno::EFBIG | Errno::ENOMEM => Error::NoSpace {
+                    name: name.to_string(),
+                    needed: geom.total_size as u64,
+                },
+                e => os("posix_fallocate", name, e),
+            });
         }
+        crate::fault::hit(crate::fault::FaultPoint::Formatting);
         let map = Self::map(name, file, geom.total_size)?;
-        let header = geom.to_header(crate::clock::unix_ns(), std::process::id());
         let seg = Segment {
             map,
             geom: *geom,
@@ -286,22 +363,16 @@ impl Segment {
             created: true,
             name: name.to_string(),
         };
-        let base = seg.map.as_mut_ptr();
-        let mut h = header;
-        h.ready = 0;
-        // SAFETY: the mapping is `total_size` >= size_of::<Header>() bytes, page aligned,
-        // and nobody else reads it before `ready` is set (they wait on our flock).
-        unsafe { std::ptr::write(base.cast::<Header>(), h) };
         for i in 0..geom.shard_count as usize {
             let lock = seg.lock_ptr(i);
-            // SAFETY: `lock_ptr` is in bounds and 64-byte aligned; the segment is not yet
-            // visible to other processes.
+            // SAFETY: `lock_ptr` is in bounds and 64-byte aligned; the segment is not ready,
+            // so no other process uses it (they wait on our flock or find it not ready).
             unsafe { robust::init(lock) }.map_err(|e| Error::Os {
                 op: "pthread_mutex_init",
                 name: name.to_string(),
                 source: e,
             })?;
-            // SAFETY: as above: region `i` is in bounds and not yet shared.
+            // SAFETY: as above: region `i` is in bounds and not shared.
             let region = unsafe { seg.region_slice(i) };
             ShardView::new(region, geom)
                 .map_err(|e| Error::Corrupted {
@@ -310,15 +381,30 @@ impl Segment {
                 })?
                 .format();
         }
+        // The coordination area and the memo statistics start zeroed: an empty table. A
+        // dead creator's leftovers are cleared (nobody has joined a segment never ready).
+        let tail = geom.coord.offset..geom.total_size;
+        // SAFETY: the range lies inside the mapping (`total_size` bytes) and nobody else
+        // uses the segment yet, as above.
+        unsafe { std::ptr::write_bytes(seg.map.as_mut_ptr().add(tail.start), 0, tail.len()) };
         // SAFETY: the coordination mutex lies in bounds, 64-byte aligned (geometry), and the
-        // segment is not yet visible to other processes. Its region is already zero, which
-        // is an empty table.
+        // segment is not yet visible to other processes.
         unsafe { robust::init(seg.coord_lock_ptr()) }.map_err(|e| Error::Os {
             op: "pthread_mutex_init",
             name: name.to_string(),
             source: e,
         })?;
         seg.ready_flag().store(READY, Ordering::Release);
+        // The backup copy is written last: a ready backup proves the segment was completed,
+        // so a damaged `ready` word is never mistaken for a creator that died.
+        let mut backup = header;
+        backup.ready = READY;
+        file.write_all_at(bytemuck::bytes_of(&backup), BACKUP_OFFSET as u64)
+            .map_err(|e| Error::Os {
+                op: "write header backup",
+                name: name.to_string(),
+                source: e,
+            })?;
         Ok(seg)
     }
 
@@ -331,6 +417,75 @@ impl Segment {
                 name: name.to_string(),
                 source: e,
             })
+    }
+
+    /// Restores a damaged header from its backup copy (or a damaged backup from a sound
+    /// header), refusing while any process has the segment mapped. Returns the names of the
+    /// fields restored.
+    pub fn restore_header(name: &str) -> Result<Vec<&'static str>> {
+        let path = shm_path(name);
+        let fd = match nix::sys::mman::shm_open(path.as_str(), OFlag::O_RDWR, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => {
+                return Err(Error::NotFound {
+                    name: name.to_string(),
+                })
+            }
+            Err(e) => return Err(os("shm_open", name, e)),
+        };
+        let locked = Self::flock_until(
+            name,
+            File::from(fd),
+            Instant::now().checked_add(Duration::from_secs(5)),
+        )?;
+        let st = fstat(locked.as_raw_fd()).map_err(|e| os("fstat", name, e))?;
+        if let Some(pid) = mapped_by(st.st_dev, st.st_ino) {
+            return Err(Error::Busy {
+                what: "segment",
+                name: name.to_string(),
+                reason: format!(
+                    "process {pid} has it mapped; the header is restored only when no process \
+                     has the segment open"
+                ),
+            });
+        }
+        let io = |op: &'static str| {
+            move |e: std::io::Error| Error::Os {
+                op,
+                name: name.to_string(),
+                source: e,
+            }
+        };
+        let mut raw = [0u8; BACKUP_OFFSET + size_of::<Header>()];
+        locked
+            .read_exact_at(&mut raw, 0)
+            .map_err(io("read header"))?;
+        let primary = bytemuck::pod_read_unaligned::<Header>(&raw[..size_of::<Header>()]);
+        let backup = bytemuck::pod_read_unaligned::<Header>(&raw[BACKUP_OFFSET..]);
+        let sound = |h: &Header| h.magic == MAGIC && h.checksum_ok();
+        if sound(&backup) && backup.ready == READY {
+            let fields = primary.differing_fields(&backup);
+            if !fields.is_empty() {
+                locked
+                    .write_all_at(bytemuck::bytes_of(&backup), 0)
+                    .map_err(io("write header"))?;
+            }
+            return Ok(fields);
+        }
+        if sound(&primary) && primary.ready == READY {
+            // The header is sound; its backup is not: rewrite the backup.
+            locked
+                .write_all_at(bytemuck::bytes_of(&primary), BACKUP_OFFSET as u64)
+                .map_err(io("write header backup"))?;
+            return Ok(vec!["backup"]);
+        }
+        Err(Error::Corrupted {
+            name: name.to_string(),
+            reason: format!(
+                "neither the header nor its backup copy is sound and complete; \
+                 `shmemcache unlink {name}` removes it"
+            ),
+        })
     }
 
     /// Removes the name; processes that have it mapped keep using their mapping.
@@ -544,5 +699,67 @@ impl ShardGuard<'_> {
         // SAFETY: this guard holds the shard's lock, and the `&mut self` borrow makes the
         // slice unique for its lifetime.
         unsafe { self.seg.region_slice(self.shard) }
+    }
+}
+
+/// A process other than this one that has the file `(dev, ino)` mapped, if any can be seen
+/// in `/proc` (processes of other users may be hidden; so are processes that opened the
+/// name without mapping it yet).
+fn mapped_by(dev: libc::dev_t, ino: libc::ino_t) -> Option<u32> {
+    let me = std::process::id();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let want_dev = format!("{major:02x}:{minor:02x}");
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(maps) = std::fs::read_to_string(entry.path().join("maps")) else {
+            continue;
+        };
+        let hit = maps.lines().any(|l| {
+            let mut f = l.split_whitespace();
+            let (dev, inode) = (f.nth(3), f.next());
+            dev == Some(want_dev.as_str()) && inode.and_then(|i| i.parse().ok()) == Some(ino)
+        });
+        if hit {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// What is wrong with a header whose checksum does not match: the fields that differ from
+/// a sound backup copy, or that both copies are damaged.
+fn damaged_header(name: &str, primary: &Header, backup: &Header, backup_ok: bool) -> String {
+    if backup_ok {
+        let fields = primary
+            .differing_fields(backup)
+            .into_iter()
+            .filter(|f| *f != "ready" && *f != "checksum")
+            .map(|f| format!("`{f}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let which = if fields.is_empty() {
+            "its checksum".to_string()
+        } else {
+            format!("header field {fields}")
+        };
+        format!(
+            "{which} is damaged (the backup copy differs); `shmemcache repair --force {name}` \
+             restores the header from the backup once no process has it open, or \
+             `shmemcache unlink {name}` removes it"
+        )
+    } else {
+        format!(
+            "its header and the header's backup copy are both damaged (checksum mismatch); \
+             `shmemcache unlink {name}` removes it"
+        )
     }
 }
