@@ -519,6 +519,11 @@ impl Geometry {
                  not fit twice in a shard's {chunks_per_shard}"
             ));
         }
+        if default_ttl_ns > u64::MAX / 4 {
+            return Err(format!(
+                "default TTL of {default_ttl_ns} ns is out of range"
+            ));
+        }
         let index_slots = index_slots_for(entries_per_shard)?;
 
         let a = SECTION_ALIGN as u64;

@@ -300,3 +300,38 @@ fn a_full_coordination_table_is_a_clear_error() {
         Err(Error::CoordinationFull { slots: 2 })
     ));
 }
+
+#[test]
+fn huge_durations_saturate_instead_of_panicking() {
+    let max = std::time::Duration::MAX;
+    let s = seg(
+        "saturate",
+        opts()
+            .lock_timeout(max)
+            .init_timeout(max)
+            .liveness_interval(max)
+            .default_ttl(Some(max)),
+    );
+    let c = &s.0;
+    c.set(b"a", b"1").unwrap();
+    c.set_ttl(b"b", b"2", Some(max)).unwrap();
+    assert!(c.expire(b"a", Some(max)).unwrap());
+    assert!(matches!(
+        c.ttl(b"b").unwrap(),
+        Some(shmemcache::Expiry::In(_))
+    ));
+    let g = c.lock("l", Some(max), max).unwrap();
+    assert!(c.try_lock("l", Some(max)).unwrap().is_none());
+    g.release().unwrap();
+    let opts = shmemcache::ComputeOptions::new()
+        .ttl(shmemcache::Ttl::For(max))
+        .wait_timeout(max)
+        .stale_after(max)
+        .max_age(max);
+    let v = c
+        .get_or_compute(b"m", &opts, || Ok::<_, std::io::Error>(b"x".to_vec()))
+        .unwrap();
+    assert_eq!(v, b"x");
+    let p = c.pool("p", 1).unwrap();
+    drop(p.acquire(Some(max)).unwrap());
+}

@@ -414,7 +414,10 @@ fn a_damaged_header_names_the_way_out_and_repair_force_takes_it() {
         .unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, &[0xee; 4], 64).unwrap(); // hash_seed
     let e = fails(&["get", name, "k"], 2);
-    assert!(e.contains("hash_seed") && e.contains("repair --force"), "{e}");
+    assert!(
+        e.contains("hash_seed") && e.contains("repair --force"),
+        "{e}"
+    );
     let out = cli().args(["repair", "--force", name]).output().unwrap();
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("hash_seed"));
