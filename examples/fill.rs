@@ -24,6 +24,9 @@ impl SplitMix {
     }
 }
 
+/// Picks a value size.
+type SizeOf = fn(&mut SplitMix) -> usize;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mib: u64 = std::env::args()
         .nth(1)
@@ -36,7 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{:<22} {:>12} {:>10} {:>12} {:>10} {:>9}",
         "values", "segment", "of budget", "live bytes", "of budget", "entries"
     );
-    let mixes: [(&str, fn(&mut SplitMix) -> usize); 3] = [
+    let mixes: [(&str, SizeOf); 3] = [
         ("100 B", |_| 100),
         ("1 KiB", |_| 1024),
         ("mixed 1 B - 4 KiB", |r| 1 + (r.next() % 4096) as usize),

@@ -544,14 +544,15 @@ impl Cache {
         Segment::unlink(name)
     }
 
-    /// Restores the header of segment `name` from its backup copy after damage that makes
-    /// opening fail with a `Corrupted` error naming a header field (or rewrites a damaged
-    /// backup from a sound header). Refused with `Error::Busy` while any process has the
-    /// segment mapped: fix it only when nobody is attached. Returns the fields restored.
-    /// The CLI's `shmemcache repair --force NAME` calls this.
-    pub fn repair_header(name: &str) -> Result<Vec<&'static str>> {
+    /// The offline repair behind `shmemcache repair --force NAME`, for damage that makes
+    /// opening or locking fail with a `Corrupted` error: restores a damaged header from its
+    /// backup copy (or a damaged backup from a sound header), and re-initializes lock words
+    /// that are no longer a robust mutex's, marking the shard (or coordination table) they
+    /// guard dirty so its next user repairs it. Refused with `Error::Busy` while any other
+    /// process has the segment mapped. Returns what it fixed (empty: nothing was wrong).
+    pub fn force_repair(name: &str) -> Result<Vec<String>> {
         validate_name(name)?;
-        Segment::restore_header(name)
+        Segment::force_repair(name)
     }
 
     /// The segment name.
@@ -667,6 +668,14 @@ impl Cache {
             LockError::NotRecoverable => Error::Corrupted {
                 name: self.name().to_string(),
                 reason: format!("the lock of shard {shard} is not recoverable"),
+            },
+            LockError::Damaged => Error::Corrupted {
+                name: self.name().to_string(),
+                reason: format!(
+                    "the lock word of shard {shard} is damaged; `shmemcache repair --force {}` \
+                     re-initializes it once no process has the segment open",
+                    self.name()
+                ),
             },
             LockError::Os(source) => Error::Os {
                 op: "pthread_mutex_timedlock",
@@ -994,6 +1003,10 @@ impl Cache {
                 Ok(g) => g,
                 Err(LockError::Timeout) => {
                     report.problems.push((s, self.not_checked()));
+                    continue;
+                }
+                Err(e @ (LockError::Damaged | LockError::NotRecoverable)) => {
+                    report.problems.push((s, self.lock_error(s, e).to_string()));
                     continue;
                 }
                 Err(e) => return Err(self.lock_error(s, e)),

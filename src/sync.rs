@@ -116,6 +116,14 @@ impl Cache {
                 name: self.name().to_string(),
                 reason: "the coordination table's lock is not recoverable".to_string(),
             },
+            LockError::Damaged => Error::Corrupted {
+                name: self.name().to_string(),
+                reason: format!(
+                    "the coordination table's lock word is damaged; `shmemcache repair --force \
+                     {}` re-initializes it once no process has the segment open",
+                    self.name()
+                ),
+            },
             LockError::Os(source) => Error::Os {
                 op: "pthread_mutex_timedlock",
                 name: self.name().to_string(),
@@ -130,6 +138,10 @@ impl Cache {
         let mut guard = match self.seg.lock_coord(self.lock_timeout) {
             Ok(g) => g,
             Err(crate::sys::robust::LockError::Timeout) => return Ok(Some(self.not_checked())),
+            Err(
+                e @ (crate::sys::robust::LockError::Damaged
+                | crate::sys::robust::LockError::NotRecoverable),
+            ) => return Ok(Some(self.coord_lock_error(e).to_string())),
             Err(e) => return Err(self.coord_lock_error(e)),
         };
         let died = guard.owner_died();

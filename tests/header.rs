@@ -1,5 +1,5 @@
 //! Opening never destroys: header damage on a live segment is a clear error naming the
-//! field (never a re-format, a truncation or SIGBUS), `repair_header` (`shmemcache repair
+//! field (never a re-format, a truncation or SIGBUS), `force_repair` (`shmemcache repair
 //! --force`) restores it from the backup copy once nobody is attached, and only a provably
 //! dead creator's half-made segment is taken over. Real segments, real processes; run with
 //! `cargo nextest` (the tests fork).
@@ -137,7 +137,7 @@ fn repair_force_restores_a_damaged_header_once_nobody_is_attached() {
         std::thread::sleep(Duration::from_secs(60));
         0
     });
-    match Cache::repair_header(&name) {
+    match Cache::force_repair(&name) {
         Err(Error::Busy { reason, .. }) => {
             assert!(reason.contains(&attached.to_string()), "{reason}")
         }
@@ -145,15 +145,15 @@ fn repair_force_restores_a_damaged_header_once_nobody_is_attached() {
     }
     kill9(attached);
     drop(cache);
-    let mut fields = Cache::repair_header(&name).unwrap();
+    let mut fields = Cache::force_repair(&name).unwrap();
     fields.sort();
-    assert_eq!(fields, ["hash_seed", "ready"]);
+    assert_eq!(fields, ["header field hash_seed", "header field ready"]);
     let cache = Options::new().open_existing(&name).unwrap();
     assert_eq!(cache.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
     assert!(cache.check().unwrap().is_healthy());
     drop(cache);
     assert!(
-        Cache::repair_header(&name).unwrap().is_empty(),
+        Cache::force_repair(&name).unwrap().is_empty(),
         "nothing left to restore"
     );
 }

@@ -425,15 +425,12 @@ fn run(cmd: Cmd, ctx: Ctx) -> Result<Output, Error> {
         }
         Cmd::Repair { name, force } => {
             let restored = if force {
-                Cache::repair_header(&name)?
+                Cache::force_repair(&name)?
             } else {
                 Vec::new()
             };
             if !restored.is_empty() && !as_json {
-                eprintln!(
-                    "shmemcache: restored header fields of {name} from the backup copy: {}",
-                    restored.join(", ")
-                );
+                eprintln!("shmemcache: repaired offline: {}", restored.join(", "));
             }
             let r = open(&name)?.repair()?;
             let coord = match r.coordination_slots_dropped {
@@ -442,7 +439,7 @@ fn run(cmd: Cmd, ctx: Ctx) -> Result<Output, Error> {
             };
             Output::ok(
                 json!({ "kept": r.kept, "dropped": r.dropped,
-                        "header_fields_restored": restored,
+                        "repaired_offline": restored,
                         "repaired_shards": r.repaired_shards,
                         "cleared_shards": r.cleared_shards,
                         "coordination_slots_dropped": r.coordination_slots_dropped }),

@@ -8,6 +8,7 @@
 use std::io;
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::time::Duration;
 
 /// How a lock was obtained.
@@ -26,6 +27,9 @@ pub enum LockError {
     Timeout,
     /// A holder got `EOWNERDEAD` and unlocked without marking it consistent.
     NotRecoverable,
+    /// The mutex's words are not those of a robust, process-shared mutex: handing it to
+    /// glibc could crash this process or fail forever.
+    Damaged,
     /// Anything else.
     Os(io::Error),
 }
@@ -92,6 +96,114 @@ impl Drop for Held<'_> {
     }
 }
 
+// What can be checked of a glibc `pthread_mutex_t` before glibc is handed it: the lock word
+// (owner thread id and flag bits) at offset 0 and the kind at offset 16. Other C libraries
+// lay it out differently; there the checks are skipped.
+#[cfg(target_env = "gnu")]
+const KIND_OFFSET: usize = 16;
+#[cfg(target_env = "gnu")]
+const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
+#[cfg(target_env = "gnu")]
+const FUTEX_OWNER_DIED: u32 = 0x4000_0000;
+
+/// The kind word of a mutex made by [`init`], read once from a private one.
+#[cfg(target_env = "gnu")]
+fn expected_kind() -> i32 {
+    static KIND: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    *KIND.get_or_init(|| {
+        let mut m = MaybeUninit::<libc::pthread_mutex_t>::zeroed();
+        // SAFETY: `m` is a private, suitably aligned, writable mutex nobody else uses.
+        if unsafe { init(m.as_mut_ptr()) }.is_err() {
+            return -1;
+        }
+        // SAFETY: `init` succeeded, so `m` is initialized; offset 16 holds an i32 in
+        // glibc's layout, inside the 40-byte struct.
+        let kind = unsafe {
+            m.as_ptr()
+                .cast::<u8>()
+                .add(KIND_OFFSET)
+                .cast::<i32>()
+                .read()
+        };
+        // SAFETY: initialized above, unlocked, destroyed once.
+        unsafe { libc::pthread_mutex_destroy(m.as_mut_ptr()) };
+        kind
+    })
+}
+
+/// The lock word of the mutex at `m` (owner thread id and flag bits).
+///
+/// # Safety
+/// `m` must point to 40 mapped, 8-byte aligned bytes that stay mapped for `'a`.
+#[cfg(target_env = "gnu")]
+unsafe fn lock_word<'a>(m: *mut libc::pthread_mutex_t) -> &'a AtomicU32 {
+    // SAFETY: the caller guarantees the word is mapped and aligned for 'a; glibc accesses
+    // it with atomic instructions too, and we only load or compare-and-swap it.
+    unsafe { AtomicU32::from_ptr(m.cast::<u32>()) }
+}
+
+/// The kind word of the mutex at `m`, loaded atomically (other processes may be locking
+/// it while we look).
+///
+/// # Safety
+/// `m` must point to 40 mapped, 8-byte aligned bytes.
+#[cfg(target_env = "gnu")]
+unsafe fn kind_of(m: *mut libc::pthread_mutex_t) -> i32 {
+    // SAFETY: offset 16 is inside the 40 mapped bytes and 4-byte aligned (the caller's
+    // contract); the load is atomic.
+    unsafe { AtomicI32::from_ptr(m.cast::<u8>().add(KIND_OFFSET).cast::<i32>()) }
+        .load(Ordering::Relaxed)
+}
+
+/// Whether the mutex at `m` looks like one [`init`] made.
+///
+/// # Safety
+/// `m` must point to 40 mapped, 8-byte aligned bytes.
+#[inline]
+pub unsafe fn looks_sound(m: *mut libc::pthread_mutex_t) -> bool {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { kind_of(m) == expected_kind() }
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        let _ = m;
+        true
+    }
+}
+
+/// If the lock word names an owner thread that no longer exists and the kernel has not
+/// flagged it (a damaged word, or an owner the kernel's robust-list walk missed), flags it
+/// as owner-died, so the next `lock` gets `EOWNERDEAD` and recovers instead of waiting on a
+/// thread that will never unlock.
+///
+/// # Safety
+/// `m` must point to 40 mapped, 8-byte aligned bytes.
+#[cold]
+unsafe fn flag_dead_owner(m: *mut libc::pthread_mutex_t) {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: forwarded from this function's contract; the reference does not outlive
+        // this call.
+        let lock = unsafe { lock_word(m) };
+        let w = lock.load(Ordering::Relaxed);
+        let tid = w & FUTEX_TID_MASK;
+        if tid == 0 || w & FUTEX_OWNER_DIED != 0 || tid > i32::MAX as u32 {
+            return;
+        }
+        // kill(tid, 0) fails with ESRCH only when no task has that id.
+        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(tid as i32), None)
+            == Err(nix::errno::Errno::ESRCH)
+        {
+            let _ =
+                lock.compare_exchange(w, w | FUTEX_OWNER_DIED, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+    #[cfg(not(target_env = "gnu"))]
+    let _ = m;
+}
+
 /// Trylock attempts, with exponential backoff between them, before a timed sleep.
 const SPIN_TRIES: u32 = 12;
 
@@ -104,6 +216,10 @@ pub unsafe fn lock<'a>(
     m: *mut libc::pthread_mutex_t,
     timeout: Duration,
 ) -> Result<Held<'a>, LockError> {
+    // SAFETY: the caller guarantees `m` is mapped (an initialized mutex, or damage of one).
+    if !unsafe { looks_sound(m) } {
+        return Err(LockError::Damaged);
+    }
     // SAFETY: the caller guarantees `m` is an initialized mutex that outlives 'a.
     let rc = unsafe { libc::pthread_mutex_trylock(m) };
     if rc == 0 {
@@ -139,6 +255,12 @@ unsafe fn lock_slow<'a>(
         }
         backoff.spin();
         // SAFETY: the caller guarantees `m` is an initialized mutex that outlives 'a.
+        rc = unsafe { libc::pthread_mutex_trylock(m) };
+    }
+    if rc == libc::EBUSY {
+        // SAFETY: as above.
+        unsafe { flag_dead_owner(m) };
+        // SAFETY: as above.
         rc = unsafe { libc::pthread_mutex_trylock(m) };
     }
     if rc == libc::EBUSY {

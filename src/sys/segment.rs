@@ -419,10 +419,12 @@ impl Segment {
             })
     }
 
-    /// Restores a damaged header from its backup copy (or a damaged backup from a sound
-    /// header), refusing while any process has the segment mapped. Returns the names of the
-    /// fields restored.
-    pub fn restore_header(name: &str) -> Result<Vec<&'static str>> {
+    /// The offline repair (`shmemcache repair --force`): restores a damaged header from its
+    /// backup copy (or a damaged backup from a sound header) and re-initializes lock words
+    /// that are not those of a robust, process-shared mutex, marking what they guard dirty
+    /// so its next user repairs it. Refused while any other process has the segment
+    /// mapped. Returns what it fixed.
+    pub fn force_repair(name: &str) -> Result<Vec<String>> {
         let path = shm_path(name);
         let fd = match nix::sys::mman::shm_open(path.as_str(), OFlag::O_RDWR, Mode::empty()) {
             Ok(fd) => fd,
@@ -433,19 +435,16 @@ impl Segment {
             }
             Err(e) => return Err(os("shm_open", name, e)),
         };
-        let locked = Self::flock_until(
-            name,
-            File::from(fd),
-            Instant::now().checked_add(Duration::from_secs(5)),
-        )?;
+        let deadline = Instant::now().checked_add(Duration::from_secs(5));
+        let locked = Self::flock_until(name, File::from(fd), deadline)?;
         let st = fstat(locked.as_raw_fd()).map_err(|e| os("fstat", name, e))?;
         if let Some(pid) = mapped_by(st.st_dev, st.st_ino) {
             return Err(Error::Busy {
                 what: "segment",
                 name: name.to_string(),
                 reason: format!(
-                    "process {pid} has it mapped; the header is restored only when no process \
-                     has the segment open"
+                    "process {pid} has it mapped; repair --force runs only when no other \
+                     process has the segment open"
                 ),
             });
         }
@@ -456,36 +455,94 @@ impl Segment {
                 source: e,
             }
         };
+        let corrupted = |reason: String| Error::Corrupted {
+            name: name.to_string(),
+            reason,
+        };
         let mut raw = [0u8; BACKUP_OFFSET + size_of::<Header>()];
         locked
             .read_exact_at(&mut raw, 0)
             .map_err(io("read header"))?;
         let primary = bytemuck::pod_read_unaligned::<Header>(&raw[..size_of::<Header>()]);
         let backup = bytemuck::pod_read_unaligned::<Header>(&raw[BACKUP_OFFSET..]);
-        let sound = |h: &Header| h.magic == MAGIC && h.checksum_ok();
-        if sound(&backup) && backup.ready == READY {
+        let sound = |h: &Header| h.magic == MAGIC && h.checksum_ok() && h.ready == READY;
+        let mut fixed = Vec::new();
+        let header = if sound(&backup) {
             let fields = primary.differing_fields(&backup);
             if !fields.is_empty() {
                 locked
                     .write_all_at(bytemuck::bytes_of(&backup), 0)
                     .map_err(io("write header"))?;
+                fixed.extend(fields.iter().map(|f| format!("header field {f}")));
             }
-            return Ok(fields);
-        }
-        if sound(&primary) && primary.ready == READY {
-            // The header is sound; its backup is not: rewrite the backup.
+            backup
+        } else if sound(&primary) {
             locked
                 .write_all_at(bytemuck::bytes_of(&primary), BACKUP_OFFSET as u64)
                 .map_err(io("write header backup"))?;
-            return Ok(vec!["backup"]);
-        }
-        Err(Error::Corrupted {
-            name: name.to_string(),
-            reason: format!(
+            fixed.push("the header's backup copy".to_string());
+            primary
+        } else {
+            return Err(corrupted(format!(
                 "neither the header nor its backup copy is sound and complete; \
                  `shmemcache unlink {name}` removes it"
-            ),
-        })
+            )));
+        };
+        if header.layout_version != LAYOUT_VERSION {
+            return Err(Error::Incompatible {
+                name: name.to_string(),
+                reason: format!(
+                    "layout version {} (this build reads version {LAYOUT_VERSION})",
+                    header.layout_version
+                ),
+            });
+        }
+        let geom =
+            Geometry::from_header(&header).map_err(|r| corrupted(format!("bad header: {r}")))?;
+        if (st.st_size.max(0) as u64) < geom.total_size as u64 {
+            return Err(corrupted(format!(
+                "truncated: the file has {} bytes, its header needs {}",
+                st.st_size, geom.total_size
+            )));
+        }
+        let seg = Segment {
+            map: Self::map(name, &locked, geom.total_size)?,
+            geom,
+            header,
+            created: false,
+            name: name.to_string(),
+        };
+        let reinit = |m: *mut libc::pthread_mutex_t, what: String| -> Result<Option<String>> {
+            // SAFETY: `m` is a lock block inside the mapping (geometry), 64-byte aligned.
+            if unsafe { robust::looks_sound(m) } {
+                return Ok(None);
+            }
+            // SAFETY: as above; no other process maps the segment (checked under the init
+            // lock), so nobody can hold or be waiting on this mutex.
+            unsafe { robust::init(m) }.map_err(|e| Error::Os {
+                op: "pthread_mutex_init",
+                name: name.to_string(),
+                source: e,
+            })?;
+            Ok(Some(what))
+        };
+        for i in 0..geom.shard_count as usize {
+            if let Some(what) = reinit(seg.lock_ptr(i), format!("the lock of shard {i}"))? {
+                // SAFETY: nobody else maps the segment, and no slice of this region lives.
+                let region = unsafe { seg.region_slice(i) };
+                // `dirty` is the meta's first word: the next holder repairs the shard.
+                region[..4].copy_from_slice(&1u32.to_ne_bytes());
+                fixed.push(what);
+            }
+        }
+        if let Some(what) = reinit(seg.coord_lock_ptr(), "the coordination table's lock".into())? {
+            let off = geom.coord.region_offset;
+            // SAFETY: the coordination region lies inside the mapping (geometry); nobody
+            // else maps the segment. `dirty` is its meta's first word.
+            unsafe { seg.map.as_mut_ptr().add(off).cast::<u32>().write(1) };
+            fixed.push(what);
+        }
+        Ok(fixed)
     }
 
     /// Removes the name; processes that have it mapped keep using their mapping.
