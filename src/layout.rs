@@ -15,6 +15,9 @@ pub const LAYOUT_VERSION: u32 = 4;
 pub const READY: u32 = 0x5245_4459; // "READY"
 /// "No index" in every `u32` link (LRU, free lists, chunk chains).
 pub const NIL: u32 = u32::MAX;
+/// Bytes of a shard's undo area besides the head chunk copy: the record copy (32) and a
+/// check word over record index, record and head (8).
+pub const UNDO_EXTRA: usize = 40;
 /// Bytes reserved for a shard's robust mutex (its own cache line).
 pub const LOCK_BLOCK: usize = 64;
 /// Alignment of every section inside a shard, and of the shard stride.
@@ -206,8 +209,9 @@ pub struct ShardMeta {
     /// While an overwrite is under way: the record replacing it, else [`NIL`]. Once that
     /// record is `REC_LIVE` the overwrite has committed, and repair drops `replacing`.
     pub replacement: u32,
-    /// Reserved; zero.
-    pub _reserved1: u32,
+    /// While a small entry is overwritten in place: the record whose old bytes (record and
+    /// head chunk) the undo area holds, else [`NIL`]. Repair puts them back.
+    pub undo: u32,
     /// Reserved; zero.
     pub _reserved: [u64; 2],
 }
@@ -326,6 +330,7 @@ const _: () = {
     assert!(offset_of!(ShardMeta, expiring) == 96);
     assert!(offset_of!(ShardMeta, replacing) == 100);
     assert!(offset_of!(ShardMeta, replacement) == 104);
+    assert!(offset_of!(ShardMeta, undo) == 108);
     assert!(size_of::<Record>() == 32);
     assert!(offset_of!(Record, key_len) == 16);
     assert!(offset_of!(Record, value_len) == 20);
@@ -362,6 +367,8 @@ const fn align_up(v: u64, a: u64) -> u64 {
 pub struct ShardLayout {
     /// Offset of the guarded region (meta onwards) from the shard start.
     pub region_offset: usize,
+    /// Undo area offset inside the region: a record, a check word and a head chunk.
+    pub undo_off: usize,
     /// Bytes of the guarded region.
     pub region_len: usize,
     /// Offsets inside the guarded region.
@@ -528,7 +535,8 @@ impl Geometry {
 
         let a = SECTION_ALIGN as u64;
         let meta = size_of::<ShardMeta>() as u64;
-        let index_off = align_up(meta, a);
+        let undo_off = align_up(meta, a);
+        let index_off = align_up(undo_off + UNDO_EXTRA as u64 + chunk_size as u64, a);
         let records_off = align_up(index_off + 4 * index_slots as u64, a);
         let heads_off = align_up(
             records_off + size_of::<Record>() as u64 * entries_per_shard as u64,
@@ -558,6 +566,7 @@ impl Geometry {
             hash_seed,
             shard: ShardLayout {
                 region_offset: LOCK_BLOCK,
+                undo_off: to_usize(undo_off)?,
                 region_len: to_usize(region_len)?,
                 index_off: to_usize(index_off)?,
                 records_off: to_usize(records_off)?,
@@ -744,7 +753,8 @@ mod tests {
     fn sections_are_aligned_and_disjoint() {
         let g = geom();
         let s = g.shard;
-        assert!(s.index_off >= size_of::<ShardMeta>());
+        assert!(s.undo_off >= size_of::<ShardMeta>());
+        assert!(s.index_off >= s.undo_off + UNDO_EXTRA + g.chunk_size as usize);
         assert!(s.records_off >= s.index_off + 4 * g.index_slots as usize);
         assert!(s.heads_off >= s.records_off + 32 * g.entries_per_shard as usize);
         let heads = g.chunk_size as usize * g.entries_per_shard as usize;

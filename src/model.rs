@@ -129,9 +129,15 @@ impl Model {
         }
         let need = self.need(key.len(), value.len());
         let evicted = match pos {
-            Some(_) => {
-                // Out of place: the new chunks are taken while the old ones are still held.
-                let ev = self.make_room(need, false, Some(key));
+            Some(i) => {
+                // An entry that fits its head both before and after is rewritten in place;
+                // any other overwrite takes its new chunks while the old ones are held.
+                let old = &self.entries[i];
+                let ev = if need == 0 && self.need(old.key.len(), old.value.len()) == 0 {
+                    0
+                } else {
+                    self.make_room(need, false, Some(key))
+                };
                 let i = self.pos(key).expect("kept");
                 let mut e = self.entries.remove(i);
                 e.value = value.to_vec();
