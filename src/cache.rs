@@ -43,6 +43,7 @@ pub struct Options {
     mode: u32,
     lock_timeout: Duration,
     init_timeout: Duration,
+    checksums: bool,
     allow_foreign_owner: bool,
     coord_slots: u32,
     liveness_interval: Duration,
@@ -63,6 +64,7 @@ impl Default for Options {
             coord_slots: crate::layout::DEFAULT_COORD_SLOTS,
             liveness_interval: Duration::from_millis(10),
             init_timeout: Duration::from_secs(10),
+            checksums: false,
             allow_foreign_owner: false,
         }
     }
@@ -110,6 +112,14 @@ impl Options {
     /// fit twice in one shard so a store never fails from lack of room).
     pub fn max_value_len(mut self, n: u32) -> Self {
         self.max_value_len = Some(n);
+        self
+    }
+    /// Store a checksum (8 bytes, xxh3) of every entry's key and value, verified on every
+    /// read: an entry whose bytes were damaged is dropped and read as a miss (counted in
+    /// `ShardStats::checksum_failures`), never returned. Off by default; fixed at creation
+    /// (joiners adopt it). Costs the hash of the value on each read and write.
+    pub fn checksums(mut self, on: bool) -> Self {
+        self.checksums = on;
         self
     }
     /// TTL that `set`, `add`, `replace` and `incr` (on a new key) apply. `None`: no expiry.
@@ -176,7 +186,8 @@ impl Options {
             None => {
                 // Geometry::new admits entries whose overflow fits twice in the pool.
                 let longest = chunk + chunks / 2 * chunk;
-                let fit = longest.saturating_sub(self.max_key_len as u64);
+                let trailer = if self.checksums { 8 } else { 0 };
+                let fit = longest.saturating_sub(self.max_key_len as u64 + trailer);
                 fit.min(1 << 20) as u32
             }
         };
@@ -202,6 +213,7 @@ impl Options {
             seed,
         )
         .and_then(|g| g.with_coord_slots(self.coord_slots))
+        .and_then(|g| g.with_checksums(self.checksums))
         .map_err(bad)
     }
 
@@ -290,6 +302,7 @@ fn differences(asked: &Geometry, got: &Geometry) -> Vec<String> {
         got.max_value_len as u64,
     );
     cmp("default TTL (ns)", asked.default_ttl_ns, got.default_ttl_ns);
+    cmp("checksums", asked.checksums as u64, got.checksums as u64);
     cmp(
         "coordination slots",
         asked.coord.slots as u64,
@@ -343,6 +356,8 @@ pub struct ShardStats {
     pub arena_used: u64,
     /// Arena capacity in bytes.
     pub arena_capacity: u64,
+    /// Entries dropped on read because their checksum did not match (`Options::checksums`).
+    pub checksum_failures: u64,
 }
 
 impl ShardStats {
@@ -363,6 +378,7 @@ impl ShardStats {
                 + (g.chunks_per_shard as u64).saturating_sub(m.free_chunks as u64))
                 * cs,
             arena_capacity: g.arena_bytes(),
+            checksum_failures: m.checksum_failures,
         }
     }
 
@@ -373,6 +389,7 @@ impl ShardStats {
         self.evictions += o.evictions;
         self.expirations += o.expirations;
         self.deletes += o.deletes;
+        self.checksum_failures += o.checksum_failures;
         self.recoveries += o.recoveries;
         self.entries += o.entries;
         self.entry_capacity += o.entry_capacity;
@@ -470,6 +487,8 @@ pub struct Info {
     pub metadata_bytes_per_entry: f64,
     /// Coordination slots (single-flight markers, locks, pool slots held at one time).
     pub coord_slots: u32,
+    /// Whether every entry carries a checksum of its key and value.
+    pub checksums: bool,
 }
 
 /// A handle on a shared cache. Cheap to share between threads (`Send + Sync`); each
@@ -595,6 +614,7 @@ impl Cache {
             creator_pid: h.creator_pid,
             metadata_bytes_per_entry: g.metadata_bytes_per_entry(),
             coord_slots: g.coord.slots,
+            checksums: g.checksums,
         }
     }
 

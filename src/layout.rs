@@ -83,8 +83,8 @@ pub struct Header {
     /// Process id of the creator: with `creator_start` it tells whether the creator of a
     /// segment never marked ready is still alive.
     pub creator_pid: u32,
-    /// Reserved, zero.
-    pub _reserved1: u32,
+    /// Feature bits: [`FLAG_CHECKSUMS`].
+    pub flags: u32,
     /// Byte offset of the coordination area (after the last shard).
     pub coord_offset: u64,
     /// Start time of the creator (clock ticks after boot), 0 if unknown.
@@ -94,6 +94,11 @@ pub struct Header {
     /// Reserved for future fields; zero.
     pub _reserved: [u64; 15],
 }
+
+/// [`Header::flags`]: every entry carries an 8-byte checksum of its key and value.
+pub const FLAG_CHECKSUMS: u32 = 1;
+/// Bytes of an entry's checksum, stored after its value when checksums are on.
+pub const CHECKSUM_LEN: usize = 8;
 
 /// Where the backup copy of the header lies: right after the header.
 pub const BACKUP_OFFSET: usize = 256;
@@ -152,7 +157,7 @@ impl Header {
             shards_offset,
             total_size,
             creator_pid,
-            _reserved1,
+            flags,
             coord_offset,
             creator_start,
             checksum
@@ -212,8 +217,10 @@ pub struct ShardMeta {
     /// While a small entry is overwritten in place: the record whose old bytes (record and
     /// head chunk) the undo area holds, else [`NIL`]. Repair puts them back.
     pub undo: u32,
+    /// Entries dropped because their checksum did not match (checksums on).
+    pub checksum_failures: u64,
     /// Reserved; zero.
-    pub _reserved: [u64; 2],
+    pub _reserved: [u64; 1],
 }
 
 /// One entry's metadata. 32 bytes.
@@ -331,6 +338,7 @@ const _: () = {
     assert!(offset_of!(ShardMeta, replacing) == 100);
     assert!(offset_of!(ShardMeta, replacement) == 104);
     assert!(offset_of!(ShardMeta, undo) == 108);
+    assert!(offset_of!(ShardMeta, checksum_failures) == 112);
     assert!(size_of::<Record>() == 32);
     assert!(offset_of!(Record, key_len) == 16);
     assert!(offset_of!(Record, value_len) == 20);
@@ -456,6 +464,8 @@ pub struct Geometry {
     pub default_ttl_ns: u64,
     /// Key hash seed.
     pub hash_seed: u64,
+    /// Every entry carries a checksum of its key and value ([`FLAG_CHECKSUMS`]).
+    pub checksums: bool,
     /// Section offsets.
     pub shard: ShardLayout,
     /// Offset of shard 0 in the segment.
@@ -564,6 +574,7 @@ impl Geometry {
             max_value_len,
             default_ttl_ns,
             hash_seed,
+            checksums: false,
             shard: ShardLayout {
                 region_offset: LOCK_BLOCK,
                 undo_off: to_usize(undo_off)?,
@@ -587,6 +598,33 @@ impl Geometry {
             total_size: to_usize(total)?,
         };
         g.with_coord_slots(DEFAULT_COORD_SLOTS)
+    }
+
+    /// The same geometry with entry checksums on or off; checks that the longest entry,
+    /// checksum included, still fits twice in a shard's overflow chunks.
+    pub fn with_checksums(mut self, on: bool) -> Result<Geometry, GeometryError> {
+        if on {
+            let longest = self.max_key_len as u64 + self.max_value_len as u64 + CHECKSUM_LEN as u64;
+            let cs = self.chunk_size as u64;
+            if longest.saturating_sub(cs).div_ceil(cs) * 2 > self.chunks_per_shard as u64 {
+                return Err(format!(
+                    "an entry of up to {longest} bytes with its checksum does not fit twice in a \
+                     shard's {} overflow chunks",
+                    self.chunks_per_shard
+                ));
+            }
+        }
+        self.checksums = on;
+        Ok(self)
+    }
+
+    /// Bytes an entry's key and value carry besides themselves: its checksum, if any.
+    pub fn trailer(&self) -> usize {
+        if self.checksums {
+            CHECKSUM_LEN
+        } else {
+            0
+        }
     }
 
     /// The same geometry with a coordination table of `slots` slots.
@@ -631,6 +669,10 @@ impl Geometry {
             h.hash_seed,
         )?
         .with_coord_slots(h.coord_slots)?;
+        if h.flags & !FLAG_CHECKSUMS != 0 {
+            return Err(format!("unknown feature flags {:#x}", h.flags));
+        }
+        let g = g.with_checksums(h.flags & FLAG_CHECKSUMS != 0)?;
         if g.index_slots != h.index_slots
             || g.coord.offset as u64 != h.coord_offset
             || g.shard.stride as u64 != h.shard_stride
@@ -666,7 +708,7 @@ impl Geometry {
             shards_offset: self.shards_offset as u64,
             total_size: self.total_size as u64,
             creator_pid,
-            _reserved1: 0,
+            flags: if self.checksums { FLAG_CHECKSUMS } else { 0 },
             coord_offset: self.coord.offset as u64,
             creator_start,
             checksum: 0,

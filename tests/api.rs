@@ -335,3 +335,39 @@ fn huge_durations_saturate_instead_of_panicking() {
     let p = c.pool("p", 1).unwrap();
     drop(p.acquire(Some(max)).unwrap());
 }
+
+#[test]
+fn with_checksums_a_damaged_value_is_a_counted_miss_never_returned() {
+    let s = seg("checksums", opts().shards(1).checksums(true));
+    let c = &s.0;
+    assert!(c.info().checksums);
+    let value = b"a value nobody else has: 0123456789abcdef".repeat(3);
+    c.set(b"k", &value).unwrap();
+    c.set(b"other", b"fine").unwrap();
+    assert_eq!(c.get(b"k").unwrap().as_deref(), Some(&value[..]));
+    // Flip one byte of the stored value, through the file.
+    let path = format!("/dev/shm/{}", c.name());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes
+        .windows(value.len())
+        .position(|w| w == &value[..])
+        .expect("value stored verbatim");
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    bytes[at + 10] ^= 0x20;
+    std::os::unix::fs::FileExt::write_all_at(&f, &bytes[at + 10..at + 11], (at + 10) as u64)
+        .unwrap();
+    let report = c.check().unwrap();
+    assert!(report.problems[0].1.contains("checksum"), "{report:?}");
+    assert_eq!(
+        c.get(b"k").unwrap(),
+        None,
+        "damaged bytes are never returned"
+    );
+    let t = c.stats().unwrap().total;
+    assert_eq!((t.checksum_failures, t.misses), (1, 1));
+    assert_eq!(c.get(b"other").unwrap().as_deref(), Some(&b"fine"[..]));
+    assert!(c.check().unwrap().is_healthy());
+    // Joiners adopt the setting.
+    let joined = Options::new().open_existing(c.name()).unwrap();
+    assert!(joined.info().checksums);
+}

@@ -52,6 +52,9 @@ struct Args {
     /// Zipf exponent.
     #[arg(long, default_value_t = 0.99)]
     zipf_s: f64,
+    /// Create the demo segment with entry checksums (`Options::checksums`).
+    #[arg(long)]
+    checksums: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -234,17 +237,21 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         _ => Pick::Uniform(keys.len()),
     };
     let _ = Cache::unlink(SEGMENT);
-    let cache = Options::new().shards(a.shards).open(SEGMENT)?;
+    let cache = Options::new()
+        .shards(a.shards)
+        .checksums(a.checksums)
+        .open(SEGMENT)?;
     for k in &keys {
         cache.set(k, &value)?;
     }
     let floor = Floor::new(a.shards as usize, &keys, value.len())?;
     println!(
-        "shmemcache throughput: {} processes, {} keys ({}), {} B values, {} shards, {} s per run, median of {} alternating runs, {} cores",
+        "shmemcache throughput: {} processes, {} keys ({}), {} B values{}, {} shards, {} s per run, median of {} alternating runs, {} cores",
         a.procs,
         a.keys,
         a.dist,
         a.value,
+        if a.checksums { " with checksums" } else { "" },
         a.shards,
         a.secs,
         a.runs,

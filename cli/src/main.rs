@@ -71,6 +71,9 @@ enum Cmd {
         /// File mode, octal.
         #[arg(long, default_value = "600", value_parser = parse_mode)]
         mode: u32,
+        /// Store a checksum with every entry; damaged values read as misses.
+        #[arg(long)]
+        checksums: bool,
     },
     /// Show geometry, usage and per-shard fill.
     Info { name: String },
@@ -192,6 +195,7 @@ fn shard_json(s: &ShardStats) -> Value {
         "expirations": s.expirations, "deletes": s.deletes, "recoveries": s.recoveries,
         "entries": s.entries, "entry_capacity": s.entry_capacity, "bytes_used": s.bytes_used,
         "arena_used": s.arena_used, "arena_capacity": s.arena_capacity,
+        "checksum_failures": s.checksum_failures,
     })
 }
 
@@ -209,12 +213,14 @@ fn run(cmd: Cmd, ctx: Ctx) -> Result<Output, Error> {
             shards,
             ttl,
             mode,
+            checksums,
         } => {
             let mut o = Options::new()
                 .capacity_bytes(capacity)
                 .shards(shards)
                 .default_ttl(ttl.and_then(|t| t.0))
-                .mode(mode);
+                .mode(mode)
+                .checksums(checksums);
             if let Some(n) = max_entries {
                 o = o.max_entries(n);
             }
@@ -507,6 +513,7 @@ fn info(name: &str) -> Result<Output, Error> {
             "max_value_len": i.max_value_len,
             "default_ttl_ms": i.default_ttl.map(|d| d.as_millis() as u64),
             "creator_pid": i.creator_pid, "created_unix_ns": i.created_unix_ns,
+            "checksums": i.checksums,
             "coordination": { "slots": co.slots, "in_use": co.in_use,
                               "recoveries": co.recoveries, "reclaimed": co.reclaimed },
             "total": shard_json(&s.total), "per_shard": shards,
