@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
 /// Tag in the top byte of a memo value's trailer; the low 56 bits are the computation time
@@ -107,7 +108,10 @@ impl ComputeOptions {
         self.stale_after = Some(d);
         self
     }
-    /// Serve a stale value at once while a single caller refreshes it.
+    /// Serve a stale value at once while a single caller refreshes it. Through
+    /// [`Memo::try_call_owned`] (what `#[memoize(serve_stale)]` uses) the refresh runs on a
+    /// background thread and every caller returns at once; through the other calls the one
+    /// caller that wins the refresh runs it inline.
     pub fn serve_stale(mut self, yes: bool) -> Self {
         self.serve_stale = yes;
         self
@@ -239,7 +243,7 @@ fn computed_at(v: &[u8]) -> Option<u64> {
 }
 
 /// Releases the flight marker if the computing caller panics or returns early.
-struct Flight<'c> {
+pub(crate) struct Flight<'c> {
     cache: &'c Cache,
     slot: usize,
     key: [u64; 2],
@@ -531,6 +535,74 @@ impl Cache {
         }
     }
 
+    /// The first step of a call whose refresh can run off the caller's path: a fresh value
+    /// is a hit; a stale one is returned at once to every caller, and the one caller that
+    /// takes the key's flight marker hands it to `refresh`, which recomputes elsewhere and
+    /// drops it when done. `Ok(None)`: missing (or no longer decodable), so the caller takes
+    /// the ordinary path and computes (or waits).
+    pub(crate) fn stale_or_refresh<T>(
+        &'static self,
+        key: &[u8],
+        scope: Scope,
+        opts: &ComputeOptions,
+        decode: impl Fn(Vec<u8>) -> Option<T>,
+        refresh: impl FnOnce(Flight<'static>),
+    ) -> Result<Option<T>> {
+        let stale = match self.memo_read(key, opts)? {
+            Found::Fresh(p) => {
+                let v = decode(p);
+                if v.is_some() {
+                    self.tally(scope, memo_stat::HITS);
+                }
+                return Ok(v);
+            }
+            Found::Stale(p) => p,
+            Found::Missing => return Ok(None),
+        };
+        let Some(v) = decode(stale) else {
+            return Ok(None);
+        };
+        let req = Request {
+            kind: slot_kind::FLIGHT,
+            holders: &[slot_kind::FLIGHT, slot_kind::FAILED],
+            key: self.coord_key("flight", key),
+            group: scope.group,
+            capacity: 1,
+            expires: None,
+        };
+        if let Attempt::Got(slot, owner) = self.attempt(&req)? {
+            refresh(self.flight(slot, req.key, owner));
+        }
+        self.tally(scope, memo_stat::STALE);
+        Ok(Some(v))
+    }
+
+    /// Runs a refresh handed over by [`stale_or_refresh`](Self::stale_or_refresh), on the
+    /// refresher's thread: computes, stores, and releases the flight marker (waking anyone
+    /// waiting on it). A failed computation leaves the stale value in place.
+    pub(crate) fn finish_refresh<E>(
+        &self,
+        key: &[u8],
+        scope: Scope,
+        opts: &ComputeOptions,
+        flight: Flight<'_>,
+        f: impl FnOnce() -> std::result::Result<Option<Vec<u8>>, E>,
+    ) {
+        self.tally(scope, memo_stat::COMPUTED);
+        match f() {
+            Ok(bytes) => {
+                if let Some(b) = bytes {
+                    self.memo_store(key, &b, opts, scope);
+                }
+                drop(flight);
+            }
+            Err(_) => match opts.on_error {
+                OnError::Propagate => flight.fail(),
+                OnError::Retry => drop(flight),
+            },
+        }
+    }
+
     fn flight(&self, slot: usize, key: [u64; 2], owner: crate::coord::Owner) -> Flight<'_> {
         Flight {
             cache: self,
@@ -686,8 +758,14 @@ pub struct Memo<'c, R, C: Codec = Postcard> {
     /// The memo statistics slot, resolved on first use: [`UNRESOLVED`], [`NO_SLOT`] or
     /// the slot index.
     stat_slot: AtomicUsize,
+    /// This handle's background refresher: a thread fed through a channel, and the fork
+    /// generation it was started in (a forked child starts its own).
+    refresher: Mutex<Option<(u64, mpsc::Sender<Job>)>>,
     _result: PhantomData<fn() -> R>,
 }
+
+/// A refresh to run on a handle's refresher thread.
+type Job = Box<dyn FnOnce() + Send>;
 
 const UNRESOLVED: usize = usize::MAX;
 const NO_SLOT: usize = usize::MAX - 1;
@@ -715,6 +793,7 @@ impl<'c, R, C: Codec> Memo<'c, R, C> {
             dont_cache_if: None,
             codec,
             stat_slot: AtomicUsize::new(UNRESOLVED),
+            refresher: Mutex::new(None),
             _result: PhantomData,
         }
     }
@@ -794,6 +873,104 @@ impl<'c, R, C: Codec> Memo<'c, R, C> {
     /// The cache this handle uses.
     pub fn cache(&self) -> &'c Cache {
         self.cache
+    }
+}
+
+/// With a cache and a handle that live as long as the program (a `static`, as
+/// `#[memoize]` makes), a stale value's refresh can run off the caller's path.
+impl<R, C> Memo<'static, R, C>
+where
+    R: MemoValue + Send + 'static,
+    C: Codec + Sync + 'static,
+{
+    /// Like [`try_call`](Memo::try_call), but with `serve_stale` on, every caller of a stale
+    /// key, the one that triggers the refresh included, returns the stale value at once:
+    /// the refresh runs on a thread this handle owns (one per process, restarted in a forked
+    /// child), and the key's flight marker still makes it the only refresh machine-wide. If
+    /// the refreshing process dies, the marker's owner is dead and the next caller takes
+    /// over as usual. A missing key is computed by the caller, with single flight, as in
+    /// `try_call`. `f` must own what it needs: it may run after this call returns.
+    pub fn try_call_owned<A, E, F>(
+        &'static self,
+        args: &A,
+        f: F,
+    ) -> std::result::Result<R, ComputeError<E>>
+    where
+        A: Serialize + ?Sized,
+        E: Send + 'static,
+        F: FnOnce() -> std::result::Result<R, E> + Send + 'static,
+    {
+        let opts = &self.opts;
+        if !opts.serve_stale || opts.stale_after.is_none() || opts.skip_cache || opts.overwrite {
+            return self.try_call(args, f);
+        }
+        let key = self.key(args)?;
+        let scope = self.scope();
+        let codec = &self.codec;
+        let mut job = Some(f);
+        let served = self.cache.stale_or_refresh(
+            &key,
+            scope,
+            opts,
+            |p| codec.decode(&p).ok(),
+            |flight| {
+                let f = job.take().expect("one refresh");
+                let key = key.clone();
+                self.spawn_refresh(Box::new(move || {
+                    let skip = self.dont_cache_if;
+                    let run = || {
+                        f().map(|v| {
+                            if skip.is_some_and(|p| p(&v)) {
+                                None
+                            } else {
+                                self.codec.encode(&v).ok()
+                            }
+                        })
+                    };
+                    self.cache
+                        .finish_refresh(&key, scope, &self.opts, flight, run);
+                }));
+            },
+        )?;
+        match (served, job) {
+            (Some(v), _) => Ok(v),
+            (None, Some(f)) => self.try_call(args, f),
+            (None, None) => unreachable!("a refresh is handed over only with a value served"),
+        }
+    }
+
+    /// Queues `job` on this handle's refresher thread, starting it (again, after a fork)
+    /// when needed.
+    fn spawn_refresh(&'static self, job: Job) {
+        let generation = fork::generation();
+        let mut slot = self.refresher.lock().unwrap_or_else(|e| e.into_inner());
+        let job = match slot.as_ref().filter(|(g, _)| *g == generation) {
+            Some((_, tx)) => match tx.send(job) {
+                Ok(()) => return,
+                // The thread is gone (it panicked): start another.
+                Err(mpsc::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let (tx, rx) = mpsc::channel::<Job>();
+        let started = std::thread::Builder::new()
+            .name("shmemcache-refresh".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            });
+        match started {
+            Ok(_) => {
+                let _ = tx.send(job);
+                *slot = Some((generation, tx));
+            }
+            // No thread to be had: refresh here rather than not at all.
+            Err(_) => {
+                drop(slot);
+                job();
+            }
+        }
     }
 }
 

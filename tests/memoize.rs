@@ -311,3 +311,58 @@ fn oversized_results_are_returned_and_counted_not_stored() {
     let s = big::stats();
     assert_eq!((s.computed, s.rejected, s.hits), (2, 2, 0), "{s:?}");
 }
+
+/// Each computation takes the next generation number from the cache itself (machine-wide)
+/// and, after the first, half a second.
+#[memoize(cache = CACHE, name = "tests::stale_gen", stale_after = "200ms", serve_stale)]
+fn stale_gen(_k: u8) -> i64 {
+    let g = CACHE.incr(b"stale-gen", 1).unwrap();
+    if g > 1 {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    g
+}
+
+#[test]
+fn serve_stale_returns_at_once_to_every_caller_while_one_refresh_runs_in_the_background() {
+    LazyLock::force(&CACHE);
+    assert_eq!(stale_gen(1), 1);
+    std::thread::sleep(std::time::Duration::from_millis(250)); // now stale
+    let (r, w) = pipe();
+    let (results_r, results_w) = pipe();
+    let kids: Vec<_> = (0..4)
+        .map(|_| {
+            let (r, out) = (r.try_clone().unwrap(), results_w.try_clone().unwrap());
+            spawn(move || {
+                let mut b = [0u8; 1];
+                std::io::Read::read_exact(&mut &r, &mut b).unwrap();
+                let t = std::time::Instant::now();
+                let v = stale_gen(1);
+                let us = t.elapsed().as_micros() as u64;
+                std::io::Write::write_all(&mut &out, &us.to_le_bytes()).unwrap();
+                // Stay alive while a refresh started here may still be running.
+                std::thread::sleep(std::time::Duration::from_millis(900));
+                i32::from(v != 1)
+            })
+        })
+        .collect();
+    drop(results_w);
+    std::io::Write::write_all(&mut &w, &[1; 4]).unwrap();
+    let mut waits = Vec::new();
+    for _ in 0..4 {
+        let mut b = [0u8; 8];
+        std::io::Read::read_exact(&mut &results_r, &mut b).unwrap();
+        waits.push(u64::from_le_bytes(b));
+    }
+    kids.into_iter().for_each(assert_exits_ok);
+    println!("stale callers returned in {waits:?} µs while the 500 ms refresh ran");
+    assert!(
+        waits.iter().all(|&us| us < 50_000),
+        "every caller gets the stale value at once (target 20 ms): {waits:?} µs"
+    );
+    // Exactly one refresh ran, in the background, and its value is served now.
+    assert_eq!(CACHE.get(b"stale-gen").unwrap().as_deref(), Some(&b"2"[..]));
+    assert_eq!(stale_gen(1), 2);
+    let s = stale_gen::stats();
+    assert!(s.stale >= 4, "{s:?}");
+}

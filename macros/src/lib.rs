@@ -376,12 +376,60 @@ fn expand(a: Args, func: ItemFn) -> syn::Result<TokenStream2> {
     }
 
     let inner = quote!(#ident::__memoize_inner);
-    let plain = body(
-        quote!(#ident::memo()),
-        inner.clone(),
-        quote!(),
-        quote!(#ident::memo().compute_options()),
-    );
+    // With serve_stale, a stale value's refresh runs on the handle's thread, so the call
+    // owns copies of the arguments: `&T` becomes `T::Owned`, passed back by reference.
+    let ownable = !types
+        .iter()
+        .any(|t| matches!(t, Type::Reference(r) if r.mutability.is_some()));
+    let plain = if a.serve_stale && ownable {
+        let owned: Vec<Ident> = (0..names.len())
+            .map(|i| format_ident!("__memoize_owned_{}", i))
+            .collect();
+        let take = names
+            .iter()
+            .zip(&types)
+            .zip(&owned)
+            .map(|((n, t), o)| match t {
+                Type::Reference(_) => quote!(let #o = ::std::borrow::ToOwned::to_owned(#n);),
+                _ => quote!(let #o = ::std::clone::Clone::clone(&#n);),
+            });
+        let pass = types.iter().zip(&owned).map(|(t, o)| match t {
+            Type::Reference(_) => quote!(&#o),
+            _ => quote!(#o),
+        });
+        let call = quote!(#inner(#(#pass),*));
+        let compute = if fallible.is_some() {
+            quote!(move || #call)
+        } else {
+            quote!(move || ::std::result::Result::Ok::<_, ::std::convert::Infallible>(#call))
+        };
+        let on_ok = if fallible.is_some() {
+            quote!(::std::result::Result::Ok(v))
+        } else {
+            quote!(v)
+        };
+        let on_compute_err = if fallible.is_some() {
+            quote!(::std::result::Result::Err(::shmemcache::ComputeError::Compute(e)) => ::std::result::Result::Err(e),)
+        } else {
+            quote!()
+        };
+        quote! {
+            #(#take)*
+            match #ident::memo().try_call_owned(#key, #compute) {
+                ::std::result::Result::Ok(v) => #on_ok,
+                #on_compute_err
+                // The cache itself failed (a lock timeout, say): run uncached.
+                ::std::result::Result::Err(_) => #inner(#(#names),*),
+            }
+        }
+    } else {
+        body(
+            quote!(#ident::memo()),
+            inner.clone(),
+            quote!(),
+            quote!(#ident::memo().compute_options()),
+        )
+    };
     let with = body(quote!(#ident::memo()), inner, quote!(), quote!(&self.opts));
     let doc = format!(
         "Companion of the memoized function [`{ident}()`]: its memo handle, cache controls \
