@@ -87,11 +87,18 @@ impl Options {
     }
     /// Most entries held (rounded up to a multiple of the shard count). Default: one per
     /// 256 bytes of capacity.
+    ///
+    /// The limit, like the LRU order, is kept **per shard**: each shard holds
+    /// `max_entries / shards` entries and evicts its own least recently used one when full,
+    /// so with several shards an entry can be evicted while a less recently used one
+    /// survives in another shard. With `shards(1)` both are exact for the whole cache.
     pub fn max_entries(mut self, n: u64) -> Self {
         self.max_entries = Some(n);
         self
     }
-    /// Number of independently locked shards (1..=4096).
+    /// Number of independently locked shards (1..=4096; default 16). More shards let more
+    /// processes work at once; each keeps its own share of `max_entries` and its own LRU
+    /// order (see [`max_entries`](Self::max_entries)).
     pub fn shards(mut self, n: u32) -> Self {
         self.shards = n;
         self
