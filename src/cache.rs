@@ -327,6 +327,14 @@ fn ttl_ns(d: Duration) -> Result<u64> {
     Ok(d.as_nanos().min(u64::MAX as u128 / 4) as u64)
 }
 
+/// hits / (hits + misses), or 0 with neither.
+pub(crate) fn hit_ratio(hits: u64, misses: u64) -> f64 {
+    match hits + misses {
+        0 => 0.0,
+        n => hits as f64 / n as f64,
+    }
+}
+
 /// Remaining lifetime of an entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expiry {
@@ -407,12 +415,7 @@ impl ShardStats {
 
     /// hits / (hits + misses), or 0 with no lookups.
     pub fn hit_ratio(&self) -> f64 {
-        let n = self.hits + self.misses;
-        if n == 0 {
-            0.0
-        } else {
-            self.hits as f64 / n as f64
-        }
+        hit_ratio(self.hits, self.misses)
     }
 }
 

@@ -722,12 +722,7 @@ pub struct MemoStats {
 impl MemoStats {
     /// hits / (hits + misses), or 0 with no calls.
     pub fn hit_ratio(&self) -> f64 {
-        let n = self.hits + self.misses;
-        if n == 0 {
-            0.0
-        } else {
-            self.hits as f64 / n as f64
-        }
+        crate::cache::hit_ratio(self.hits, self.misses)
     }
 }
 
