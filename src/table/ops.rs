@@ -1,0 +1,388 @@
+//! The operations callers use: lookups, stores (crash-atomic, see DESIGN.md §5), removals,
+//! increments and the bounded walks over keys and expired entries.
+
+use super::*;
+
+impl ShardView<'_> {
+    /// Looks `key` up; on a hit makes it most recently used and returns its record.
+    #[inline]
+    pub fn lookup(&mut self, key: &[u8], h: u32, now: &mut Now) -> TResult<Option<u32>> {
+        self.lookup_as(key, h, now, true)
+    }
+
+    /// [`lookup`](Self::lookup), counting a hit or miss only if `counted`: the memo layer's
+    /// own reads keep out of the cache's hit ratio, which is about user gets.
+    #[inline]
+    pub fn lookup_as(
+        &mut self,
+        key: &[u8],
+        h: u32,
+        now: &mut Now,
+        counted: bool,
+    ) -> TResult<Option<u32>> {
+        match self.find_live(key, h, now)? {
+            Some((_, r)) => {
+                self.touch(r)?;
+                self.meta.hits += counted as u64;
+                Ok(Some(r))
+            }
+            None => {
+                self.meta.misses += counted as u64;
+                Ok(None)
+            }
+        }
+    }
+
+    /// True if `key` is present and unexpired (no LRU or hit/miss effect).
+    pub fn contains(&mut self, key: &[u8], h: u32, now: &mut Now) -> TResult<bool> {
+        Ok(self.find_live(key, h, now)?.is_some())
+    }
+
+    /// The LRU successor (less recent) of record `r`, or `NIL`.
+    #[cfg_attr(not(any(test, feature = "test-support")), allow(dead_code))]
+    pub fn lru_next(&self, r: u32) -> TResult<u32> {
+        Ok(self.rec(r)?.next)
+    }
+
+    /// Value length of record `r`.
+    pub fn value_len(&self, r: u32) -> TResult<usize> {
+        Ok(self.rec(r)?.value_len as usize)
+    }
+
+    /// Absolute expiry of record `r` (0 = never).
+    #[cfg_attr(not(any(test, feature = "test-support")), allow(dead_code))]
+    pub fn expires_at(&self, r: u32) -> TResult<u64> {
+        Ok(self.rec(r)?.expires_at)
+    }
+
+    /// Appends record `r`'s value to `out`.
+    pub fn read_value(&self, r: u32, out: &mut Vec<u8>) -> TResult<()> {
+        let rec = *self.rec(r)?;
+        out.reserve(rec.value_len as usize);
+        self.pieces(
+            r,
+            rec.first_chunk,
+            rec.key_len as usize,
+            rec.value_len as usize,
+            |p| {
+                out.extend_from_slice(p);
+                true
+            },
+        )
+    }
+
+    /// Copies record `r`'s value into the front of `dst` (which must be long enough).
+    pub fn copy_value(&self, r: u32, dst: &mut [u8]) -> TResult<()> {
+        let rec = *self.rec(r)?;
+        let dst = &mut dst[..rec.value_len as usize];
+        let mut at = 0;
+        self.pieces(
+            r,
+            rec.first_chunk,
+            rec.key_len as usize,
+            rec.value_len as usize,
+            |p| {
+                dst[at..at + p.len()].copy_from_slice(p);
+                at += p.len();
+                true
+            },
+        )
+    }
+
+    /// Appends record `r`'s key to `out`.
+    pub fn read_key(&self, r: u32, out: &mut Vec<u8>) -> TResult<()> {
+        let rec = *self.rec(r)?;
+        out.reserve(rec.key_len as usize);
+        self.pieces(r, rec.first_chunk, 0, rec.key_len as usize, |p| {
+            out.extend_from_slice(p);
+            true
+        })
+    }
+
+    /// Stores `key` → `value`. Sizes must already be within the geometry's limits. On any
+    /// error the old entry, if any, is unchanged.
+    pub fn store(
+        &mut self,
+        key: &[u8],
+        h: u32,
+        value: &[u8],
+        deadline: Deadline,
+        mode: StoreMode,
+        now: &mut Now,
+    ) -> TResult<Stored> {
+        if key.len() > self.max_key || value.len() > self.max_value {
+            return Err(TableError::NoRoom);
+        }
+        let found = self.find_live(key, h, now)?;
+        match (mode, found) {
+            (StoreMode::Add, Some(_)) => return Ok(Stored::Exists),
+            (StoreMode::Replace, None) => return Ok(Stored::Missing),
+            _ => {}
+        }
+        // Records never move, so `found`'s record stays valid across the sweep (which, at the
+        // same `now`, cannot expire it).
+        self.sweep(now, 2)?;
+        let need = self.chunks_for(key.len() + value.len() + self.trailer);
+        let expires_at = match (deadline, found) {
+            (Deadline::At(t), _) => t,
+            (Deadline::Keep { .. }, Some((_, old))) => self.rec(old)?.expires_at,
+            (Deadline::Keep { default }, None) => default,
+        };
+        let old = found.map(|(_, r)| r);
+        if let Some(o) = old {
+            if need == 0 && self.rec(o)?.first_chunk == NIL {
+                return self.overwrite_small(o, key, value, expires_at);
+            }
+        }
+        // Every other write goes out of place into a fresh record (its own head chunk) and
+        // fresh chunks, and commits with one store: the new record's state becoming LIVE. A
+        // crash before that leaves the old entry (or none) whole; after it, repair finishes
+        // the overwrite (see `ShardMeta::replacing`).
+        let evicted = self.make_room(need, old, now)?;
+        let r = self.meta.free_rec_head;
+        let next_free = {
+            let x = self.rec(r)?;
+            if x.state & REC_STATE_MASK != REC_FREE {
+                return corrupt("free list holds a used record");
+            }
+            x.next
+        };
+        let first = self.alloc_chain(need)?;
+        self.meta.free_rec_head = next_free;
+        *self.rec_mut(r)? = Record {
+            hash: h,
+            prev: NIL,
+            next: NIL,
+            first_chunk: first,
+            key_len: key.len() as u16,
+            state: REC_WRITING,
+            value_len: value.len() as u32,
+            expires_at,
+        };
+        self.write_at(r, first, 0, key)?;
+        self.write_at(r, first, key.len(), value)?;
+        if self.trailer != 0 {
+            let sum = entry_checksum(self.seed, key, value).to_le_bytes();
+            self.write_at(r, first, key.len() + value.len(), &sum)?;
+        }
+        match old {
+            None => {
+                self.index_insert(r, h)?;
+                crate::fault::hit(crate::fault::FaultPoint::StoreMidWrite);
+                self.rec_mut(r)?.state = REC_LIVE;
+            }
+            Some(o) => {
+                self.meta.replacing = o;
+                self.meta.replacement = r;
+                crate::fault::hit(crate::fault::FaultPoint::StoreMidWrite);
+                self.rec_mut(r)?.state = REC_LIVE;
+                crate::fault::hit(crate::fault::FaultPoint::StoreCommitted);
+                let slot = self.slot_of(o)?;
+                self.index[slot] = r + 1;
+                self.release(o)?;
+                self.meta.replacing = NIL;
+                self.meta.replacement = NIL;
+            }
+        }
+        self.lru_push_front(r)?;
+        self.deadline_changed(0, expires_at);
+        self.meta.len += 1;
+        self.meta.bytes_used += (key.len() + value.len()) as u64;
+        self.meta.sets += 1;
+        Ok(Stored::Written { evicted })
+    }
+
+    /// Overwrites record `o`, whose old and new entries both fit its head chunk, in place.
+    /// Crash-atomic through the undo area: the old record and head are copied there and
+    /// `meta.undo` set before anything changes, and `meta.undo` cleared once the new entry
+    /// is whole; repair puts a saved copy back.
+    pub(super) fn overwrite_small(
+        &mut self,
+        o: u32,
+        key: &[u8],
+        value: &[u8],
+        expires_at: u64,
+    ) -> TResult<Stored> {
+        let old = *self.rec(o)?;
+        let cs = self.chunk_size;
+        let head = o as usize * cs;
+        self.undo[..UNDO_REC].copy_from_slice(bytemuck::bytes_of(&old));
+        self.undo[UNDO_HEAD..UNDO_HEAD + cs].copy_from_slice(&self.heads[head..head + cs]);
+        let check = self.undo_check(o);
+        self.undo[UNDO_REC..UNDO_HEAD].copy_from_slice(&check.to_ne_bytes());
+        self.meta.undo = o;
+        crate::fault::hit(crate::fault::FaultPoint::StoreMidWrite);
+        self.heads[head..head + key.len()].copy_from_slice(key);
+        self.heads[head + key.len()..head + key.len() + value.len()].copy_from_slice(value);
+        if self.trailer != 0 {
+            let at = head + key.len() + value.len();
+            let sum = entry_checksum(self.seed, key, value).to_le_bytes();
+            self.heads[at..at + CHECKSUM_LEN].copy_from_slice(&sum);
+        }
+        let x = self.rec_mut(o)?;
+        x.value_len = value.len() as u32;
+        x.expires_at = expires_at;
+        self.meta.undo = NIL;
+        // A spent copy must never be put back by a later, damaged `meta.undo`.
+        self.undo[UNDO_REC..UNDO_HEAD].fill(0);
+        crate::fault::hit(crate::fault::FaultPoint::StoreCommitted);
+        self.deadline_changed(old.expires_at, expires_at);
+        self.meta.bytes_used =
+            self.meta.bytes_used.saturating_sub(old.value_len as u64) + value.len() as u64;
+        self.touch(o)?;
+        self.meta.sets += 1;
+        Ok(Stored::Written { evicted: 0 })
+    }
+
+    /// The check word of the undo area's copy of record `o`: non-zero, and naming `o`. It is
+    /// zeroed as soon as the overwrite commits, so only a copy of an overwrite caught
+    /// mid-way matches; what the copy holds is checked again by repair (key hash, sizes).
+    pub(super) fn undo_check(&self, o: u32) -> u64 {
+        (u64::from(o) << 32) | 0x55d0_c0de
+    }
+
+    /// Removes `key`; true if a live entry was removed.
+    pub fn remove(&mut self, key: &[u8], h: u32, now: &mut Now) -> TResult<bool> {
+        match self.find_live(key, h, now)? {
+            Some((slot, r)) => {
+                self.index_remove(slot)?;
+                crate::fault::hit(crate::fault::FaultPoint::RemoveMidway);
+                self.release(r)?;
+                self.meta.deletes += 1;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Removes `key` and appends its value to `out`; true if it was present.
+    pub fn take(&mut self, key: &[u8], h: u32, now: &mut Now, out: &mut Vec<u8>) -> TResult<bool> {
+        match self.find_live(key, h, now)? {
+            Some((slot, r)) => {
+                self.read_value(r, out)?;
+                self.remove_at(slot, r)?;
+                self.meta.hits += 1;
+                self.meta.deletes += 1;
+                Ok(true)
+            }
+            None => {
+                self.meta.misses += 1;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Absolute expiry of `key` (Some(0) = never), None if absent.
+    pub fn deadline(&mut self, key: &[u8], h: u32, now: &mut Now) -> TResult<Option<u64>> {
+        match self.find_live(key, h, now)? {
+            Some((_, r)) => Ok(Some(self.rec(r)?.expires_at)),
+            None => Ok(None),
+        }
+    }
+
+    /// Sets a new absolute expiry (0 = never) on `key`; false if absent.
+    pub fn set_deadline(&mut self, key: &[u8], h: u32, at: u64, now: &mut Now) -> TResult<bool> {
+        match self.find_live(key, h, now)? {
+            Some((_, r)) => {
+                let old = std::mem::replace(&mut self.rec_mut(r)?.expires_at, at);
+                self.deadline_changed(old, at);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Adds `delta` to the decimal integer stored at `key`; a missing key starts from 0 and
+    /// gets `new_deadline`. The existing deadline is kept.
+    pub fn incr(
+        &mut self,
+        key: &[u8],
+        h: u32,
+        delta: i64,
+        new_deadline: u64,
+        now: &mut Now,
+    ) -> TResult<Incr> {
+        let current = match self.find_live(key, h, now)? {
+            Some((_, r)) => {
+                let rec = *self.rec(r)?;
+                if rec.value_len > 20 {
+                    return Ok(Incr::NotInteger);
+                }
+                let mut buf = [0u8; 20];
+                self.copy_value(r, &mut buf)?;
+                match std::str::from_utf8(&buf[..rec.value_len as usize])
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                {
+                    Some(v) => v,
+                    None => return Ok(Incr::NotInteger),
+                }
+            }
+            None => 0,
+        };
+        let Some(next) = current.checked_add(delta) else {
+            return Ok(Incr::Overflow);
+        };
+        let mut buf = [0u8; 20];
+        let text = format_i64(next, &mut buf);
+        self.store(
+            key,
+            h,
+            text,
+            Deadline::Keep {
+                default: new_deadline,
+            },
+            StoreMode::Set,
+            now,
+        )?;
+        Ok(Incr::Value(next))
+    }
+
+    /// Up to `max` live keys from record `start` on; returns where to resume (None = done).
+    pub fn keys_from(
+        &mut self,
+        start: u32,
+        max: usize,
+        now: &mut Now,
+        out: &mut Vec<Vec<u8>>,
+    ) -> TResult<Option<u32>> {
+        let n = self.recs.len() as u32;
+        let mut r = start;
+        while r < n {
+            if out.len() >= max {
+                return Ok(Some(r));
+            }
+            let rec = *self.rec(r)?;
+            if rec.state & REC_STATE_MASK == REC_LIVE && !Self::expired(&rec, now) {
+                let mut k = Vec::new();
+                self.read_key(r, &mut k)?;
+                out.push(k);
+            }
+            r += 1;
+        }
+        Ok(None)
+    }
+
+    /// Reclaims every expired entry among records `start..start + max`; returns the count
+    /// and where to resume.
+    pub fn flush_expired_from(
+        &mut self,
+        start: u32,
+        max: u32,
+        now: &mut Now,
+    ) -> TResult<(u32, Option<u32>)> {
+        let n = self.recs.len() as u32;
+        let end = start.saturating_add(max).min(n);
+        let mut removed = 0;
+        for r in start..end {
+            let rec = *self.rec(r)?;
+            if rec.state & REC_STATE_MASK == REC_LIVE && Self::expired(&rec, now) {
+                let slot = self.slot_of(r)?;
+                self.remove_at(slot, r)?;
+                self.meta.expirations += 1;
+                removed += 1;
+            }
+        }
+        Ok((removed, (end < n).then_some(end)))
+    }
+}
