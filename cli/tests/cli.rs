@@ -423,3 +423,22 @@ fn a_damaged_header_names_the_way_out_and_repair_force_takes_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("hash_seed"));
     assert_eq!(text(&["get", name, "k"]), "v\n");
 }
+
+#[test]
+fn bench_measures_a_segment_with_checksums() {
+    let v = json(&[
+        "bench",
+        "--procs",
+        "1",
+        "--keys",
+        "500",
+        "--duration",
+        "200ms",
+        "--warmup",
+        "50ms",
+        "--checksums",
+        "--quiet",
+    ]);
+    assert_eq!(v["workload"]["checksums"], true);
+    assert!(v["results"][0]["ops_per_sec"].as_f64().unwrap() > 0.0);
+}

@@ -56,6 +56,10 @@ pub struct BenchArgs {
     /// Shards of the shmemcache segment and of the floor.
     #[arg(long, default_value_t = 16)]
     pub shards: u32,
+    /// Create the shmemcache segment with entry checksums (`Options::checksums`), to
+    /// measure what they cost against the same references.
+    #[arg(long)]
+    pub checksums: bool,
     /// References to run in the same invocation: floor, lru, lmdb, redis.
     #[arg(long, value_delimiter = ',')]
     pub compare: Vec<String>,
@@ -512,6 +516,7 @@ pub fn run(mut a: BenchArgs, as_json: bool) -> Result<crate::Output, Error> {
     let mut list: Vec<Box<dyn Target>> = vec![Box::new(targets::ShmemTarget {
         segment: format!("shmemcache-bench-{}", std::process::id()),
         shards: a.shards,
+        checksums: a.checksums,
         cache: None,
     })];
     for name in &a.compare {
@@ -577,7 +582,7 @@ fn report_json(a: &BenchArgs, w: &Workload, results: &[RunResult]) -> Value {
             "zipf_s": (a.dist == "zipf").then_some(a.zipf_s),
             "duration_ms": w.ops.is_none().then_some(w.duration.as_millis() as u64),
             "ops_per_process": w.ops, "warmup_ms": w.warmup.as_millis() as u64,
-            "sample_every": w.sample_every, "shards": a.shards, "procs": a.procs,
+            "sample_every": w.sample_every, "shards": a.shards, "checksums": a.checksums, "procs": a.procs,
             "repeat": a.repeat,
         },
         "results": rows,

@@ -87,6 +87,8 @@ pub fn make(name: &str, opts: &super::BenchArgs) -> Result<Box<dyn Target>, Stri
 pub struct ShmemTarget {
     pub segment: String,
     pub shards: u32,
+    /// Create the segment with entry checksums.
+    pub checksums: bool,
     pub cache: Option<Cache>,
 }
 
@@ -102,6 +104,7 @@ impl Target for ShmemTarget {
             .capacity_bytes((w.keys.len() as u64 * per_entry * 2).max(64 << 20))
             .max_entries(w.keys.len() as u64 * 2)
             .shards(self.shards)
+            .checksums(self.checksums)
             .create(&self.segment)
             .map_err(|e| e.to_string())?;
         for k in &w.keys {
