@@ -228,13 +228,13 @@ fn run(cmd: Cmd, ctx: Ctx) -> Result<Output, Error> {
             Output::ok(
                 json!({ "created": i.name, "segment_bytes": i.segment_bytes,
                         "max_entries": i.max_entries, "shards": i.shards }),
-                format!(
+                ctx.said(format!(
                     "created {} ({} mapped, {} entries, {} shards)",
                     i.name,
                     fmt_bytes(i.segment_bytes),
                     i.max_entries,
                     i.shards
-                ),
+                )),
             )
         }
         Cmd::Info { name } => info(&name)?,
@@ -490,6 +490,10 @@ fn info(name: &str) -> Result<Output, Error> {
     line(
         "default TTL:",
         i.default_ttl.map_or("none".into(), fmt_duration),
+    );
+    line(
+        "checksums:",
+        if i.checksums { "on" } else { "off" }.to_string(),
     );
     line(
         "coordination:",
