@@ -21,8 +21,12 @@ pub enum FaultPoint {
     StoreCommitted = 4,
     /// Inside a delete, after the key left the index and before its record is freed.
     RemoveMidway = 5,
-    /// While creating a segment: its header is written, it is not yet marked ready.
+    /// While creating a segment: it is sized and its header written, it is not yet
+    /// marked ready.
     Formatting = 6,
+    /// While creating a segment: right after its header is written, before the file is
+    /// sized.
+    HeaderWritten = 7,
 }
 
 /// What happens at an armed point.

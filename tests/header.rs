@@ -160,10 +160,20 @@ fn repair_force_restores_a_damaged_header_once_nobody_is_attached() {
 
 #[test]
 fn only_a_dead_creators_half_made_segment_is_taken_over() {
-    let name = Name::new("hdr-creator");
+    dead_creator_taken_over(FaultPoint::Formatting, "hdr-creator");
+}
+
+#[test]
+fn a_creator_dead_right_after_writing_its_header_is_taken_over() {
+    // Only the header is in the file (256 bytes): the backup reads as zeros.
+    dead_creator_taken_over(FaultPoint::HeaderWritten, "hdr-only");
+}
+
+fn dead_creator_taken_over(point: FaultPoint, tag: &str) {
+    let name = Name::new(tag);
     let n = name.0.clone();
     let creator = spawn(move || {
-        fault::arm(FaultPoint::Formatting, FaultAction::Stop);
+        fault::arm(point, FaultAction::Stop);
         let _ = opts().create(&n);
         3
     });

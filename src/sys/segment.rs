@@ -186,19 +186,24 @@ impl Segment {
             name: name.to_string(),
             reason,
         };
-        let headers = BACKUP_OFFSET + size_of::<Header>();
-        if size < headers as u64 {
+        if size < size_of::<Header>() as u64 {
             return Err(corrupted(format!(
-                "truncated: the file has {size} bytes, fewer than its {headers}-byte header; \
-                 `shmemcache unlink {name}` removes it"
+                "truncated: the file has {size} bytes, fewer than its {}-byte header; \
+                 `shmemcache unlink {name}` removes it",
+                size_of::<Header>()
             )));
         }
+        // A creator that died right after writing its header leaves only the header: the
+        // backup then reads as zeros (unsound), and the header alone decides.
         let mut raw = [0u8; BACKUP_OFFSET + size_of::<Header>()];
-        locked.read_exact_at(&mut raw, 0).map_err(|e| Error::Os {
-            op: "read header",
-            name: name.to_string(),
-            source: e,
-        })?;
+        let have = (size as usize).min(raw.len());
+        locked
+            .read_exact_at(&mut raw[..have], 0)
+            .map_err(|e| Error::Os {
+                op: "read header",
+                name: name.to_string(),
+                source: e,
+            })?;
         let primary = bytemuck::pod_read_unaligned::<Header>(&raw[..size_of::<Header>()]);
         let backup = bytemuck::pod_read_unaligned::<Header>(&raw[BACKUP_OFFSET..]);
         let backup_ok = backup.magic == MAGIC && backup.checksum_ok();
@@ -342,6 +347,7 @@ impl Segment {
                 name: name.to_string(),
                 source: e,
             })?;
+        crate::fault::hit(crate::fault::FaultPoint::HeaderWritten);
         // Reserve every page now: a plain ftruncate would let a full /dev/shm surface later
         // as SIGBUS on first touch.
         let len = geom.total_size as i64;
