@@ -6,8 +6,11 @@
 //! budget.
 //!
 //! ```text
-//! cargo run --release --example fill [-- MiB]
+//! cargo run --release --example fill [-- MiB [MAX_ENTRIES]]
 //! ```
+//!
+//! With `MAX_ENTRIES`, the segments are made with `Options::max_entries` set to it instead
+//! of the default (one entry per 256 bytes of budget).
 
 use shmemcache::{Cache, Options};
 
@@ -33,8 +36,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|a| a.parse())
         .transpose()?
         .unwrap_or(4);
+    let max_entries: Option<u64> = std::env::args().nth(2).map(|a| a.parse()).transpose()?;
     let budget = mib << 20;
-    println!("budget {mib} MiB, default options, keys of 16 bytes, 3x the budget written");
+    println!(
+        "budget {mib} MiB, {}, keys of 16 bytes, 3x the budget written",
+        max_entries.map_or("default options".to_string(), |n| format!(
+            "max_entries {n}"
+        ))
+    );
     println!(
         "{:<22} {:>12} {:>10} {:>12} {:>10} {:>9}",
         "values", "segment", "of budget", "live bytes", "of budget", "entries"
@@ -47,7 +56,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (label, size) in mixes {
         let name = format!("shmemcache-fill-{}", std::process::id());
         let _ = Cache::unlink(&name);
-        let cache = Options::new().capacity_bytes(budget).create(&name)?;
+        let mut opts = Options::new().capacity_bytes(budget);
+        if let Some(n) = max_entries {
+            opts = opts.max_entries(n);
+        }
+        let cache = opts.create(&name)?;
         Cache::unlink(&name)?; // the mapping stays; nothing is left behind
         let mut rng = SplitMix(42);
         let value = vec![0x5a; 4096];
