@@ -698,7 +698,9 @@ impl Cache {
 ///
 /// Every call ends as exactly one of: a hit, a stale value served, a value computed here,
 /// or a value another process computed while this call waited (`waited`). `misses` counts
-/// the calls that found no fresh value (the ones that computed or waited).
+/// the calls that found no fresh value (the ones that computed or waited). In other words:
+/// hits, misses, computations (`computed`), waits (`waited`), takeovers, timeouts and size
+/// rejections (`rejected`), plus stale values served.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoStats {
     /// Fresh values returned from the cache.
