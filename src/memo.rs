@@ -433,16 +433,8 @@ impl Cache {
         if stale.is_none() {
             self.tally(scope, memo_stat::MISSES);
         }
-        let group = scope.group;
         // Only a miss or a stale hit needs the marker, so a fresh hit never hashes its key.
-        let req = Request {
-            kind: slot_kind::FLIGHT,
-            holders: &[slot_kind::FLIGHT, slot_kind::FAILED],
-            key: self.coord_key("flight", key),
-            group,
-            capacity: 1,
-            expires: None,
-        };
+        let req = self.flight_request(key, scope.group);
         if let Some(p) = stale {
             // One caller refreshes (inline); everyone else is served the stale value.
             match self.attempt(&req)? {
@@ -562,14 +554,7 @@ impl Cache {
         let Some(v) = decode(stale) else {
             return Ok(None);
         };
-        let req = Request {
-            kind: slot_kind::FLIGHT,
-            holders: &[slot_kind::FLIGHT, slot_kind::FAILED],
-            key: self.coord_key("flight", key),
-            group: scope.group,
-            capacity: 1,
-            expires: None,
-        };
+        let req = self.flight_request(key, scope.group);
         if let Attempt::Got(slot, owner) = self.attempt(&req)? {
             refresh(self.flight(slot, req.key, owner));
         }
@@ -600,6 +585,18 @@ impl Cache {
                 OnError::Propagate => flight.fail(),
                 OnError::Retry => drop(flight),
             },
+        }
+    }
+
+    /// The single-flight marker request for cache key `key` of memo group `group`.
+    fn flight_request(&self, key: &[u8], group: u64) -> Request<'static> {
+        Request {
+            kind: slot_kind::FLIGHT,
+            holders: &[slot_kind::FLIGHT, slot_kind::FAILED],
+            key: self.coord_key("flight", key),
+            group,
+            capacity: 1,
+            expires: None,
         }
     }
 

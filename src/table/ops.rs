@@ -375,13 +375,7 @@ impl ShardView<'_> {
         let end = start.saturating_add(max).min(n);
         let mut removed = 0;
         for r in start..end {
-            let rec = *self.rec(r)?;
-            if rec.state & REC_STATE_MASK == REC_LIVE && Self::expired(&rec, now) {
-                let slot = self.slot_of(r)?;
-                self.remove_at(slot, r)?;
-                self.meta.expirations += 1;
-                removed += 1;
-            }
+            removed += u32::from(self.expire_if_due(r, now)?);
         }
         Ok((removed, (end < n).then_some(end)))
     }

@@ -100,15 +100,21 @@ impl ShardView<'_> {
         for _ in 0..budget.min(n) {
             let r = self.meta.sweep_cursor % n;
             self.meta.sweep_cursor = (r + 1) % n;
-            let rec = *self.rec(r)?;
-            if rec.state & REC_STATE_MASK == REC_LIVE && Self::expired(&rec, now) {
-                let slot = self.slot_of(r)?;
-                self.remove_at(slot, r)?;
-                self.meta.expirations += 1;
-                removed += 1;
-            }
+            removed += u32::from(self.expire_if_due(r, now)?);
         }
         Ok(removed)
+    }
+
+    /// Removes record `r` if it is live and its deadline has passed; true if it did.
+    pub(super) fn expire_if_due(&mut self, r: u32, now: &mut Now) -> TResult<bool> {
+        let rec = *self.rec(r)?;
+        if rec.state & REC_STATE_MASK != REC_LIVE || !Self::expired(&rec, now) {
+            return Ok(false);
+        }
+        let slot = self.slot_of(r)?;
+        self.remove_at(slot, r)?;
+        self.meta.expirations += 1;
+        Ok(true)
     }
 
     /// Evicts from the LRU tail until a record and `chunks` chunks are free for a write,

@@ -259,52 +259,63 @@ impl ShardView<'_> {
                 return Err("chunk chain is damaged".into());
             }
         };
-        let mut hasher = Xxh3::with_seed(self.seed);
-        let cs = self.chunk_size;
+        // One walk over the (marked) chain: the key's hash, and with checksums the hash of
+        // key and value and the stored checksum after them. Nothing is allocated.
         let key_len = rec.key_len as usize;
-        let head = r as usize * cs;
-        hasher.update(&self.heads[head..head + key_len.min(cs)]);
-        let mut left = key_len.saturating_sub(cs);
-        let mut c = rec.first_chunk;
-        while left > 0 {
-            let n = left.min(self.chunk_size);
-            let start = c as usize * self.chunk_size;
-            hasher.update(&self.arena[start..start + n]);
-            left -= n;
-            c = self.unmarked(c);
-        }
-        if hasher.digest() as u32 != rec.hash {
+        let kv = Self::entry_len(&rec);
+        let mut key_h = Xxh3::with_seed(self.seed);
+        let mut sum_h = Xxh3::with_seed(self.seed ^ CHECKSUM_SEED);
+        let mut stored = [0u8; CHECKSUM_LEN];
+        let whole = self.marked_walk(r, kv + self.trailer, |at, p| {
+            let end = at + p.len();
+            if at < key_len {
+                key_h.update(&p[..key_len.min(end) - at]);
+            }
+            if at < kv {
+                sum_h.update(&p[..kv.min(end) - at]);
+            }
+            for (i, &b) in p.iter().enumerate().skip(kv.saturating_sub(at)) {
+                stored[at + i - kv] = b;
+            }
+        });
+        let problem = if !whole {
+            Some("chunk chain is damaged")
+        } else if key_h.digest() as u32 != rec.hash {
+            Some("key does not match its hash")
+        } else if self.trailer != 0 && sum_h.digest() != u64::from_le_bytes(stored) {
+            Some("key and value do not match their checksum")
+        } else {
+            None
+        };
+        if let Some(p) = problem {
             self.unmark_prefix(rec.first_chunk, marked);
-            return Err("key does not match its hash".into());
-        }
-        if self.trailer != 0 && !self.checksum_ok_marked(r) {
-            self.unmark_prefix(rec.first_chunk, marked);
-            return Err("key and value do not match their checksum".into());
+            return Err(p.into());
         }
         Ok(())
     }
 
-    /// [`checksum_ok`](Self::checksum_ok) during repair, while chain links carry marks.
-    pub(super) fn checksum_ok_marked(&self, r: u32) -> bool {
-        let rec = self.recs[r as usize];
+    /// Calls `f(offset, piece)` over the first `len` bytes of record `r`'s entry (its head,
+    /// then its chain) while chain links carry repair marks. False if the chain leaves the
+    /// arena before `len` bytes.
+    fn marked_walk(&self, r: u32, len: usize, mut f: impl FnMut(usize, &[u8])) -> bool {
         let cs = self.chunk_size;
-        let total = Self::entry_len(&rec) + CHECKSUM_LEN;
-        let mut bytes = Vec::with_capacity(total);
         let head = r as usize * cs;
-        bytes.extend_from_slice(&self.heads[head..head + total.min(cs)]);
-        let mut c = rec.first_chunk;
-        while bytes.len() < total {
-            let Some(chunk) = self.arena.get(c as usize * cs..(c as usize + 1) * cs) else {
+        let Some(first) = self.heads.get(head..head + len.min(cs)) else {
+            return false;
+        };
+        f(0, first);
+        let mut at = first.len();
+        let mut c = self.recs[r as usize].first_chunk;
+        while at < len {
+            let n = (len - at).min(cs);
+            let Some(piece) = self.arena.get(c as usize * cs..c as usize * cs + n) else {
                 return false;
             };
-            let n = (total - bytes.len()).min(cs);
-            bytes.extend_from_slice(&chunk[..n]);
+            f(at, piece);
+            at += n;
             c = self.unmarked(c);
         }
-        let (kv, sum) = bytes.split_at(total - CHECKSUM_LEN);
-        let mut h = Xxh3::with_seed(self.seed ^ CHECKSUM_SEED);
-        h.update(kv);
-        sum.try_into().map(u64::from_le_bytes).ok() == Some(h.digest())
+        true
     }
 
     /// Unmarks the first `count` chunks of the chain at `first`.
