@@ -1,7 +1,7 @@
 //! Single-process cost of the basic operations on a real segment: get hit, get miss and
 //! set at 100 B and 4 KiB values; a `get_or_compute` hit next to a plain get; uncontended
-//! lock + release. Multi-process throughput against the floor is the `throughput` example;
-//! waiter wake-up latency is the `coordination` example.
+//! lock + release. Multi-process throughput against the floor is `shmemcache-cli`'s
+//! `throughput` example; waiter wake-up latency is the `coordination` example.
 
 use criterion::{criterion_main, BenchmarkId, Criterion, Throughput};
 use shmemcache::{Cache, ComputeOptions, Options};
