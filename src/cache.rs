@@ -55,7 +55,7 @@ impl Default for Options {
             capacity_bytes: 64 << 20,
             max_entries: None,
             shards: 16,
-            chunk_size: 128,
+            chunk_size: 64,
             max_key_len: 1024,
             max_value_len: None,
             default_ttl: None,
@@ -71,22 +71,29 @@ impl Default for Options {
 }
 
 impl Options {
-    /// Defaults: 64 MiB of key+value storage, one entry per 256 bytes of it, 16 shards,
-    /// 128-byte chunks, keys up to 1 KiB, values up to 1 MiB, no default TTL, mode 0600,
-    /// 1 s lock timeout.
+    /// Defaults: a 64 MiB budget, 16 shards, 64-byte chunks, keys up to 1 KiB, values up
+    /// to 1 MiB, no default TTL, mode 0600, 1 s lock timeout.
     pub fn new() -> Options {
         Options::default()
     }
-    /// Bytes of key+value storage (the arena), split evenly across shards. Each entry slot
-    /// owns one chunk of it (its head, which holds short entries whole); the rest is shared
-    /// overflow for longer ones. If `max_entries × chunk_size` is more than half the
-    /// capacity, the overflow is kept at half the capacity and the segment grows instead.
+    /// The space budget: the bytes of all shards together (entries, their records, the
+    /// index and the chunk links), split evenly across shards. The segment is this plus a
+    /// fixed overhead that does not grow with it: 512 bytes of header, the coordination
+    /// table (68 bytes per [`coord_slots`](Self::coord_slots) slot plus 64) and 8 KiB of memo
+    /// statistics, about 77 KiB with the defaults ([`Info::fixed_overhead_bytes`]).
+    ///
+    /// Nothing is reserved per entry: an entry takes its 32-byte record and its key and
+    /// value bytes, rounded up to whole chunks, so the budget holds as many entries as
+    /// their sizes allow. With default options and 16-byte keys, after churn, 56 % of it
+    /// holds live key and value bytes with 100 B values, 89 % with 1 KiB values and 90 %
+    /// with values of 1 B to 4 KiB (`cargo run --release --example fill`).
     pub fn capacity_bytes(mut self, bytes: u64) -> Self {
         self.capacity_bytes = bytes;
         self
     }
-    /// Most entries held (rounded up to a multiple of the shard count). Default: one per
-    /// 256 bytes of capacity.
+    /// Most entries held (rounded up to a multiple of the shard count). Default: as many as
+    /// fit in the budget. A limit above one entry per chunk is lowered to that: it could
+    /// never be reached.
     ///
     /// The limit, like the LRU order, is kept **per shard**: each shard holds
     /// `max_entries / shards` entries and evicts its own least recently used one when full,
@@ -103,9 +110,11 @@ impl Options {
         self.shards = n;
         self
     }
-    /// Arena chunk size in bytes (a power of two, 16..=65536); entries occupy whole chunks.
-    /// An entry (key + value) that fits in one chunk is read with one memory access after
-    /// its record; choose it to cover your typical entry.
+    /// Arena chunk size in bytes (a multiple of 8 in 48..=65536; default 64). An entry
+    /// takes whole chunks: its 32-byte record, key and value, chained. Larger chunks mean
+    /// fewer links to follow and 4-byte links spread over more bytes, but more space lost
+    /// in each entry's last chunk; the default suits entries from tens of bytes to a few
+    /// KiB. An entry that fits one chunk is overwritten in place.
     pub fn chunk_size(mut self, n: u32) -> Self {
         self.chunk_size = n;
         self
@@ -116,7 +125,7 @@ impl Options {
         self
     }
     /// Longest value accepted. Default: 1 MiB, or less if a shard is small (an entry must
-    /// fit twice in one shard so a store never fails from lack of room).
+    /// fit twice in one shard's chunks, so a store never fails from lack of room).
     pub fn max_value_len(mut self, n: u32) -> Self {
         self.max_value_len = Some(n);
         self
@@ -175,35 +184,38 @@ impl Options {
             return Err(bad("shards must be at least 1".into()));
         }
         let shards = self.shards as u64;
-        let per_shard = self.capacity_bytes.div_ceil(shards);
-        let chunk = self.chunk_size.max(1) as u64;
-        // Plus the one spare record per shard that overwrites write into.
-        let entries = self
-            .max_entries
-            .unwrap_or((self.capacity_bytes / 256).max(shards * 8))
-            .div_ceil(shards)
-            .saturating_add(1);
-        // Every entry slot owns a head chunk; the rest of the budget is shared overflow,
-        // kept at half the budget or more so that long values still fit.
-        let heads = entries.saturating_mul(chunk);
-        let pool = per_shard.saturating_sub(heads).max(per_shard / 2);
-        let chunks = pool.div_ceil(chunk).max(1);
-        let max_value = match self.max_value_len {
-            Some(v) => v,
-            None => {
-                // Geometry::new admits entries whose overflow fits twice in the pool.
-                let longest = chunk + chunks / 2 * chunk;
-                let trailer = if self.checksums { 8 } else { 0 };
-                let fit = longest.saturating_sub(self.max_key_len as u64 + trailer);
-                fit.min(1 << 20) as u32
-            }
-        };
-        if max_value == 0 {
+        let cs = self.chunk_size;
+        if cs % 8 != 0 || !(crate::layout::MIN_CHUNK..=crate::layout::MAX_CHUNK).contains(&cs) {
             return Err(bad(format!(
-                "capacity of {} bytes over {} shards leaves no room for values",
-                self.capacity_bytes, self.shards
+                "chunk size {cs} is not a multiple of 8 in {}..={}",
+                crate::layout::MIN_CHUNK,
+                crate::layout::MAX_CHUNK
             )));
         }
+        // The budget is the shards' bytes: chunks, records, index and links all come out
+        // of it. Nothing is reserved per entry, so it holds as many entries as fit.
+        let per_shard = self.capacity_bytes / shards;
+        let cap_asked = self
+            .max_entries
+            .map(|n| n.div_ceil(shards).min(u32::MAX as u64) as u32);
+        let chunks = crate::layout::chunks_within(per_shard, cs, cap_asked.unwrap_or(u32::MAX));
+        let trailer = if self.checksums { 8 } else { 0 };
+        // The longest entry must fit twice in a shard (see `Geometry::new`).
+        let room = (chunks as u64 / 2) * cs as u64;
+        let longest = room.saturating_sub(crate::layout::REC_LEN as u64 + trailer);
+        let max_value = match self.max_value_len {
+            Some(v) => v,
+            None => longest.saturating_sub(self.max_key_len as u64).min(1 << 20) as u32,
+        };
+        if chunks < 2 || max_value == 0 {
+            return Err(bad(format!(
+                "capacity of {} bytes over {} shards leaves no room for values (keys up to \
+                 {} bytes)",
+                self.capacity_bytes, self.shards, self.max_key_len
+            )));
+        }
+        // Every entry takes at least one chunk: a larger limit could never be reached.
+        let cap = cap_asked.map_or(chunks, |c| c.clamp(1, chunks));
         let ttl = match self.default_ttl {
             Some(d) => ttl_ns(d)?,
             None => 0,
@@ -211,9 +223,9 @@ impl Options {
         let seed = random_seed();
         Geometry::new(
             self.shards,
-            u32::try_from(entries).map_err(|_| bad("max_entries is too large".into()))?,
-            u32::try_from(chunks).map_err(|_| bad("capacity_bytes is too large".into()))?,
-            self.chunk_size,
+            cap,
+            chunks,
+            cs,
             self.max_key_len,
             max_value,
             ttl,
@@ -367,8 +379,12 @@ pub struct ShardStats {
     pub entry_capacity: u64,
     /// Key + value bytes held.
     pub bytes_used: u64,
-    /// Arena bytes in use (whole chunks).
+    /// Arena bytes in use: whole chunks, records included.
     pub arena_used: u64,
+    /// Bytes besides keys and values that the entries take: their 32-byte records, a
+    /// 4-byte link per chunk they occupy, and the shard's hash buckets (4 bytes each).
+    /// `metadata_bytes / entries` is the metadata per entry.
+    pub metadata_bytes: u64,
     /// Arena capacity in bytes.
     pub arena_capacity: u64,
     /// Entries dropped on read because their checksum did not match (`Options::checksums`).
@@ -378,6 +394,7 @@ pub struct ShardStats {
 impl ShardStats {
     fn from_meta(m: &ShardMeta, g: &Geometry) -> ShardStats {
         let cs = g.chunk_size as u64;
+        let used = (g.chunks_per_shard as u64).saturating_sub(m.free_chunks as u64);
         ShardStats {
             hits: m.hits,
             misses: m.misses,
@@ -389,9 +406,10 @@ impl ShardStats {
             entries: m.len as u64,
             entry_capacity: g.entry_capacity() as u64,
             bytes_used: m.bytes_used,
-            arena_used: (m.len as u64
-                + (g.chunks_per_shard as u64).saturating_sub(m.free_chunks as u64))
-                * cs,
+            arena_used: used * cs,
+            metadata_bytes: m.len as u64 * crate::layout::REC_LEN as u64
+                + used * 4
+                + g.buckets as u64 * 4,
             arena_capacity: g.arena_bytes(),
             checksum_failures: m.checksum_failures,
         }
@@ -410,6 +428,7 @@ impl ShardStats {
         self.entry_capacity += o.entry_capacity;
         self.bytes_used += o.bytes_used;
         self.arena_used += o.arena_used;
+        self.metadata_bytes += o.metadata_bytes;
         self.arena_capacity += o.arena_capacity;
     }
 
@@ -479,7 +498,8 @@ pub struct Info {
     pub shards: u32,
     /// Entry capacity (all shards).
     pub max_entries: u64,
-    /// Key+value arena capacity in bytes (all shards).
+    /// Bytes of all shards: the capacity budget as it was laid out (chunks, records, index,
+    /// links, at most the `capacity_bytes` asked for).
     pub capacity_bytes: u64,
     /// Chunk size.
     pub chunk_size: u32,
@@ -493,8 +513,10 @@ pub struct Info {
     pub created_unix_ns: u64,
     /// Creator's pid.
     pub creator_pid: u32,
-    /// Metadata bytes per entry slot (record + index share).
-    pub metadata_bytes_per_entry: f64,
+    /// Bytes of the segment outside the shards, not counted in `capacity_bytes`: the
+    /// header and its backup (512), the coordination table (68 bytes per slot plus 64)
+    /// and the memo statistics (8 KiB).
+    pub fixed_overhead_bytes: u64,
     /// Coordination slots (single-flight markers, locks, pool slots held at one time).
     pub coord_slots: u32,
     /// Whether every entry carries a checksum of its key and value.
@@ -615,14 +637,14 @@ impl Cache {
             layout_version: h.layout_version,
             shards: g.shard_count,
             max_entries: g.entry_capacity() as u64 * g.shard_count as u64,
-            capacity_bytes: g.arena_bytes() * g.shard_count as u64,
+            capacity_bytes: g.shard.stride as u64 * g.shard_count as u64,
             chunk_size: g.chunk_size,
             max_key_len: g.max_key_len,
             max_value_len: g.max_value_len,
             default_ttl: (g.default_ttl_ns != 0).then(|| Duration::from_nanos(g.default_ttl_ns)),
             created_unix_ns: h.created_unix_ns,
             creator_pid: h.creator_pid,
-            metadata_bytes_per_entry: g.metadata_bytes_per_entry(),
+            fixed_overhead_bytes: g.fixed_overhead_bytes(),
             coord_slots: g.coord.slots,
             checksums: g.checksums,
         }

@@ -10,14 +10,14 @@ use std::mem::{align_of, offset_of, size_of};
 /// First eight bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"SHMCACHE";
 /// Bumped whenever any byte of the layout below changes meaning.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 /// Value of [`Header::ready`] once the creator has finished formatting the segment.
 pub const READY: u32 = 0x5245_4459; // "READY"
 /// "No index" in every `u32` link (LRU, free lists, chunk chains).
 pub const NIL: u32 = u32::MAX;
-/// Bytes of a shard's undo area besides the head chunk copy: the record copy (32) and a
-/// check word over record index, record and head (8).
-pub const UNDO_EXTRA: usize = 40;
+/// Bytes of a shard's undo area besides the copy of one chunk: the check word naming the
+/// chunk the copy was taken from.
+pub const UNDO_EXTRA: usize = 8;
 /// Bytes reserved for a shard's robust mutex (its own cache line).
 pub const LOCK_BLOCK: usize = 64;
 /// Alignment of every section inside a shard, and of the shard stride.
@@ -25,14 +25,13 @@ pub const SECTION_ALIGN: usize = 64;
 
 /// Hard limits that keep every index below the bit used as a repair mark.
 pub const MAX_SHARDS: u32 = 4096;
-/// Upper bound on entries in one shard (indices must stay below [`NIL`] and the mark bit).
-pub const MAX_ENTRIES_PER_SHARD: u32 = 1 << 30;
-/// Upper bound on chunks in one shard.
+/// Upper bound on chunks in one shard (indices must stay below [`NIL`] and the mark bit).
 pub const MAX_CHUNKS_PER_SHARD: u32 = 1 << 30;
 /// Keys are stored with a 16-bit length.
 pub const MAX_KEY_LEN: u32 = u16::MAX as u32;
-/// Smallest and largest chunk size accepted (powers of two).
-pub const MIN_CHUNK: u32 = 16;
+/// Smallest and largest chunk size accepted (multiples of 8): a chunk must hold an
+/// entry's 32-byte [`Record`] and some of its bytes.
+pub const MIN_CHUNK: u32 = 48;
 /// See [`MIN_CHUNK`].
 pub const MAX_CHUNK: u32 = 64 * 1024;
 
@@ -54,13 +53,13 @@ pub struct Header {
     pub header_size: u32,
     /// Number of shards.
     pub shard_count: u32,
-    /// Record slots per shard.
-    pub entries_per_shard: u32,
-    /// Hash index slots per shard (a power of two).
-    pub index_slots: u32,
-    /// Overflow chunks per shard (each record also owns one head chunk).
+    /// Most live entries per shard (at most `chunks_per_shard`).
+    pub max_entries_per_shard: u32,
+    /// Hash buckets per shard (a power of two).
+    pub buckets: u32,
+    /// Arena chunks per shard.
     pub chunks_per_shard: u32,
-    /// Bytes per arena chunk (a power of two).
+    /// Bytes per arena chunk (a multiple of 8).
     pub chunk_size: u32,
     /// Longest key accepted.
     pub max_key_len: u32,
@@ -143,8 +142,8 @@ impl Header {
             ready,
             header_size,
             shard_count,
-            entries_per_shard,
-            index_slots,
+            max_entries_per_shard,
+            buckets,
             chunks_per_shard,
             chunk_size,
             max_key_len,
@@ -183,8 +182,8 @@ pub struct ShardMeta {
     pub lru_head: u32,
     /// Least recently used entry, or [`NIL`].
     pub lru_tail: u32,
-    /// First free record, linked through `Record::next`.
-    pub free_rec_head: u32,
+    /// Reserved; zero.
+    pub _reserved0: u32,
     /// First free chunk, linked through the chunk-link array.
     pub free_chunk_head: u32,
     /// Length of the free chunk list.
@@ -223,18 +222,19 @@ pub struct ShardMeta {
     pub _reserved: [u64; 1],
 }
 
-/// One entry's metadata. 32 bytes.
+/// One entry's metadata, at the start of its head chunk (an entry is named by the index
+/// of that chunk). 32 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
 pub struct Record {
-    /// Low 32 bits of the key's hash (the index's home slot and a fast filter).
+    /// Low 32 bits of the key's hash (the hash bucket and a fast filter).
     pub hash: u32,
     /// LRU neighbour towards the head (more recent), or [`NIL`].
     pub prev: u32,
-    /// LRU neighbour towards the tail, or [`NIL`]; the free-list link for free records.
+    /// LRU neighbour towards the tail, or [`NIL`].
     pub next: u32,
-    /// First chunk of the key+value bytes, or [`NIL`] when both are empty.
-    pub first_chunk: u32,
+    /// Next entry in the same hash bucket, or [`NIL`].
+    pub hnext: u32,
     /// Key length in bytes.
     pub key_len: u16,
     /// [`REC_FREE`], [`REC_LIVE`] or [`REC_WRITING`], plus transient flag bits.
@@ -245,6 +245,8 @@ pub struct Record {
     pub expires_at: u64,
 }
 
+/// Bytes of an entry's [`Record`] at the start of its head chunk.
+pub const REC_LEN: usize = size_of::<Record>();
 /// Record slot not in use.
 pub const REC_FREE: u16 = 0;
 /// Record holds a complete entry.
@@ -375,15 +377,13 @@ const fn align_up(v: u64, a: u64) -> u64 {
 pub struct ShardLayout {
     /// Offset of the guarded region (meta onwards) from the shard start.
     pub region_offset: usize,
-    /// Undo area offset inside the region: a record, a check word and a head chunk.
+    /// Undo area offset inside the region: a check word and a copy of one chunk.
     pub undo_off: usize,
     /// Bytes of the guarded region.
     pub region_len: usize,
-    /// Offsets inside the guarded region.
-    pub index_off: usize,
-    /// Records offset inside the region.
-    pub records_off: usize,
-    /// Head-chunk offset inside the region (one chunk per record).
+    /// Hash bucket array offset inside the region.
+    pub buckets_off: usize,
+    /// Head bitmap offset inside the region: one bit per chunk, set where an entry starts.
     pub heads_off: usize,
     /// Chunk-link array offset inside the region.
     pub links_off: usize,
@@ -448,13 +448,13 @@ pub const MAX_COORD_SLOTS: u32 = 1 << 20;
 pub struct Geometry {
     /// Number of shards.
     pub shard_count: u32,
-    /// Record slots per shard: the shard's capacity plus one spare for overwrites.
-    pub entries_per_shard: u32,
-    /// Index slots per shard (power of two).
-    pub index_slots: u32,
-    /// Overflow chunks per shard (not counting the one head chunk of each record).
+    /// Most live entries per shard (at most `chunks_per_shard`: every entry takes a chunk).
+    pub max_entries_per_shard: u32,
+    /// Hash buckets per shard (power of two).
+    pub buckets: u32,
+    /// Arena chunks per shard.
     pub chunks_per_shard: u32,
-    /// Bytes per chunk (power of two).
+    /// Bytes per chunk (a multiple of 8).
     pub chunk_size: u32,
     /// Longest key.
     pub max_key_len: u32,
@@ -482,13 +482,76 @@ pub struct Geometry {
 /// Why a set of numbers cannot be a geometry.
 pub type GeometryError = String;
 
+/// Chunks an entry of `len` key, value and checksum bytes occupies: its record and bytes,
+/// laid over whole chunks.
+#[inline]
+pub const fn chunks_for(len: usize, chunk_size: usize) -> usize {
+    (REC_LEN + len).div_ceil(chunk_size)
+}
+
+/// Hash buckets for a shard of `chunks` chunks holding at most `max_entries` entries: a
+/// power of two, about one per two entries when entries are capped low, else one per eight
+/// chunks rounded up (a bucket costs 4 bytes: half a byte to a byte per chunk). Chains stay
+/// short for any entry size: one entry per chunk is the worst case, at four to eight.
+pub fn buckets_for(max_entries: u32, chunks: u32) -> u32 {
+    let want = (max_entries / 2).min(chunks / 8).max(8);
+    want.next_power_of_two()
+}
+
+/// Bytes of a shard of `chunks` chunks of `chunk_size` bytes with `buckets` buckets, its
+/// lock block included; and the section offsets. `None` on overflow.
+fn shard_sections(chunks: u64, chunk_size: u64, buckets: u64) -> Option<ShardLayout> {
+    let a = SECTION_ALIGN as u64;
+    let meta = size_of::<ShardMeta>() as u64;
+    let undo_off = align_up(meta, a);
+    let buckets_off = align_up(undo_off + UNDO_EXTRA as u64 + chunk_size, a);
+    let heads_off = align_up(buckets_off + 4 * buckets, a);
+    let links_off = align_up(heads_off + 8 * chunks.div_ceil(64), a);
+    let arena_off = align_up(links_off + 4 * chunks, a);
+    let region_len = align_up(arena_off.checked_add(chunks.checked_mul(chunk_size)?)?, a);
+    let stride = align_up(LOCK_BLOCK as u64 + region_len, 2 * a);
+    let u = |v: u64| usize::try_from(v).ok();
+    Some(ShardLayout {
+        region_offset: LOCK_BLOCK,
+        undo_off: u(undo_off)?,
+        region_len: u(region_len)?,
+        buckets_off: u(buckets_off)?,
+        heads_off: u(heads_off)?,
+        links_off: u(links_off)?,
+        arena_off: u(arena_off)?,
+        stride: u(stride)?,
+    })
+}
+
+/// Bytes before shard 0: the header, then its backup copy.
+pub const SHARDS_OFFSET: usize = 2 * size_of::<Header>();
+
+/// The largest chunk count whose shard, lock block included, fits in `budget` bytes with
+/// `max_entries` entries at most (0 if none fits).
+pub fn chunks_within(budget: u64, chunk_size: u32, max_entries: u32) -> u32 {
+    let cs = chunk_size as u64;
+    // Per chunk: its bytes, its link, its head bit and at least half a byte of bucket: an
+    // overestimate, stepped down until it fits.
+    let n = budget as u128 * 8 / (8 * cs as u128 + 37);
+    let mut n = n.min(MAX_CHUNKS_PER_SHARD as u128) as u32;
+    let fits = |n: u32| {
+        shard_sections(n as u64, cs, buckets_for(max_entries.min(n), n) as u64)
+            .is_some_and(|l| l.stride as u64 <= budget)
+    };
+    while n > 0 && !fits(n) {
+        // Section padding is at most a few hundred bytes: a few steps back find the fit.
+        n -= 1 + (n / 4096).min(64);
+    }
+    n
+}
+
 impl Geometry {
     /// Derives the full geometry from the independent parameters, checking every bound
     /// and every multiplication.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         shard_count: u32,
-        entries_per_shard: u32,
+        max_entries_per_shard: u32,
         chunks_per_shard: u32,
         chunk_size: u32,
         max_key_len: u32,
@@ -501,20 +564,20 @@ impl Geometry {
                 "shard count {shard_count} is outside 1..={MAX_SHARDS}"
             ));
         }
-        // One record per shard is the spare an overwrite writes into (crash atomicity).
-        if !(2..=MAX_ENTRIES_PER_SHARD).contains(&entries_per_shard) {
-            return Err(format!(
-                "entries per shard {entries_per_shard} is outside 2..={MAX_ENTRIES_PER_SHARD}"
-            ));
-        }
         if chunks_per_shard == 0 || chunks_per_shard > MAX_CHUNKS_PER_SHARD {
             return Err(format!(
                 "chunks per shard {chunks_per_shard} is outside 1..={MAX_CHUNKS_PER_SHARD}"
             ));
         }
-        if !chunk_size.is_power_of_two() || !(MIN_CHUNK..=MAX_CHUNK).contains(&chunk_size) {
+        if !(1..=chunks_per_shard).contains(&max_entries_per_shard) {
             return Err(format!(
-                "chunk size {chunk_size} is not a power of two in {MIN_CHUNK}..={MAX_CHUNK}"
+                "entries per shard {max_entries_per_shard} is outside 1..={chunks_per_shard} \
+                 (every entry takes a chunk)"
+            ));
+        }
+        if chunk_size % 8 != 0 || !(MIN_CHUNK..=MAX_CHUNK).contains(&chunk_size) {
+            return Err(format!(
+                "chunk size {chunk_size} is not a multiple of 8 in {MIN_CHUNK}..={MAX_CHUNK}"
             ));
         }
         if max_key_len == 0 || max_key_len > MAX_KEY_LEN {
@@ -522,52 +585,24 @@ impl Geometry {
                 "max key length {max_key_len} is outside 1..={MAX_KEY_LEN}"
             ));
         }
-        let arena = chunks_per_shard as u64 * chunk_size as u64;
-        // Bounding one entry's overflow to half a shard's overflow chunks is what makes
-        // every accepted set succeed: evicting all other entries always frees enough, old
-        // value included.
-        let longest = max_key_len as u64 + max_value_len as u64;
-        let overflow = longest
-            .saturating_sub(chunk_size as u64)
-            .div_ceil(chunk_size as u64);
-        if overflow * 2 > chunks_per_shard as u64 {
-            return Err(format!(
-                "an entry of up to {longest} bytes needs {overflow} overflow chunks, which do \
-                 not fit twice in a shard's {chunks_per_shard}"
-            ));
-        }
         if default_ttl_ns > u64::MAX / 4 {
             return Err(format!(
                 "default TTL of {default_ttl_ns} ns is out of range"
             ));
         }
-        let index_slots = index_slots_for(entries_per_shard)?;
-
-        let a = SECTION_ALIGN as u64;
-        let meta = size_of::<ShardMeta>() as u64;
-        let undo_off = align_up(meta, a);
-        let index_off = align_up(undo_off + UNDO_EXTRA as u64 + chunk_size as u64, a);
-        let records_off = align_up(index_off + 4 * index_slots as u64, a);
-        let heads_off = align_up(
-            records_off + size_of::<Record>() as u64 * entries_per_shard as u64,
-            a,
-        );
-        let links_off = align_up(heads_off + chunk_size as u64 * entries_per_shard as u64, a);
-        let arena_off = align_up(links_off + 4 * chunks_per_shard as u64, a);
-        let region_len = align_up(arena_off + arena, a);
-        let stride = align_up(LOCK_BLOCK as u64 + region_len, 2 * a);
-        // The header, then its backup copy.
-        let shards_offset = align_up(2 * size_of::<Header>() as u64, 2 * a);
-        let total = stride
+        let buckets = buckets_for(max_entries_per_shard, chunks_per_shard);
+        let shard = shard_sections(chunks_per_shard as u64, chunk_size as u64, buckets as u64)
+            .ok_or_else(|| "shard size overflows".to_string())?;
+        let total = (shard.stride as u64)
             .checked_mul(shard_count as u64)
-            .and_then(|s| s.checked_add(shards_offset))
+            .and_then(|s| s.checked_add(SHARDS_OFFSET as u64))
             .filter(|t| *t <= isize::MAX as u64 / 2)
             .ok_or_else(|| "segment size overflows".to_string())?;
         let to_usize = |v: u64| usize::try_from(v).map_err(|_| "segment too large".to_string());
         let g = Geometry {
             shard_count,
-            entries_per_shard,
-            index_slots,
+            max_entries_per_shard,
+            buckets,
             chunks_per_shard,
             chunk_size,
             max_key_len,
@@ -575,18 +610,8 @@ impl Geometry {
             default_ttl_ns,
             hash_seed,
             checksums: false,
-            shard: ShardLayout {
-                region_offset: LOCK_BLOCK,
-                undo_off: to_usize(undo_off)?,
-                region_len: to_usize(region_len)?,
-                index_off: to_usize(index_off)?,
-                records_off: to_usize(records_off)?,
-                heads_off: to_usize(heads_off)?,
-                links_off: to_usize(links_off)?,
-                arena_off: to_usize(arena_off)?,
-                stride: to_usize(stride)?,
-            },
-            shards_offset: to_usize(shards_offset)?,
+            shard,
+            shards_offset: SHARDS_OFFSET,
             coord: CoordLayout {
                 slots: 0,
                 offset: to_usize(total)?,
@@ -597,22 +622,30 @@ impl Geometry {
             memo_stats_offset: 0,
             total_size: to_usize(total)?,
         };
+        g.check_longest(0)?;
         g.with_coord_slots(DEFAULT_COORD_SLOTS)
     }
 
+    /// Checks that the longest entry, with `trailer` checksum bytes, fits twice in a shard:
+    /// then evicting every other entry always frees enough for a write, old value included.
+    fn check_longest(&self, trailer: u64) -> Result<(), GeometryError> {
+        let longest = self.max_key_len as u64 + self.max_value_len as u64 + trailer;
+        let need = (REC_LEN as u64 + longest).div_ceil(self.chunk_size as u64);
+        if need * 2 > self.chunks_per_shard as u64 {
+            return Err(format!(
+                "an entry of up to {longest} bytes needs {need} chunks, which do not fit \
+                 twice in a shard's {}",
+                self.chunks_per_shard
+            ));
+        }
+        Ok(())
+    }
+
     /// The same geometry with entry checksums on or off; checks that the longest entry,
-    /// checksum included, still fits twice in a shard's overflow chunks.
+    /// checksum included, still fits twice in a shard.
     pub fn with_checksums(mut self, on: bool) -> Result<Geometry, GeometryError> {
         if on {
-            let longest = self.max_key_len as u64 + self.max_value_len as u64 + CHECKSUM_LEN as u64;
-            let cs = self.chunk_size as u64;
-            if longest.saturating_sub(cs).div_ceil(cs) * 2 > self.chunks_per_shard as u64 {
-                return Err(format!(
-                    "an entry of up to {longest} bytes with its checksum does not fit twice in a \
-                     shard's {} overflow chunks",
-                    self.chunks_per_shard
-                ));
-            }
+            self.check_longest(CHECKSUM_LEN as u64)?;
         }
         self.checksums = on;
         Ok(self)
@@ -660,7 +693,7 @@ impl Geometry {
     pub fn from_header(h: &Header) -> Result<Geometry, GeometryError> {
         let g = Geometry::new(
             h.shard_count,
-            h.entries_per_shard,
+            h.max_entries_per_shard,
             h.chunks_per_shard,
             h.chunk_size,
             h.max_key_len,
@@ -673,7 +706,7 @@ impl Geometry {
             return Err(format!("unknown feature flags {:#x}", h.flags));
         }
         let g = g.with_checksums(h.flags & FLAG_CHECKSUMS != 0)?;
-        if g.index_slots != h.index_slots
+        if g.buckets != h.buckets
             || g.coord.offset as u64 != h.coord_offset
             || g.shard.stride as u64 != h.shard_stride
             || g.shards_offset as u64 != h.shards_offset
@@ -694,8 +727,8 @@ impl Geometry {
             ready: 0,
             header_size: size_of::<Header>() as u32,
             shard_count: self.shard_count,
-            entries_per_shard: self.entries_per_shard,
-            index_slots: self.index_slots,
+            max_entries_per_shard: self.max_entries_per_shard,
+            buckets: self.buckets,
             chunks_per_shard: self.chunks_per_shard,
             chunk_size: self.chunk_size,
             max_key_len: self.max_key_len,
@@ -717,22 +750,14 @@ impl Geometry {
         .sealed()
     }
 
-    /// Live entries a shard holds at most: every record but the overwrite spare.
+    /// Live entries a shard holds at most.
     pub fn entry_capacity(&self) -> u32 {
-        self.entries_per_shard - 1
+        self.max_entries_per_shard
     }
 
-    /// Key and value storage per shard: every record's head chunk plus the overflow chunks.
+    /// Key and value storage per shard: the arena's chunks (records included).
     pub fn arena_bytes(&self) -> u64 {
-        (self.entries_per_shard as u64 + self.chunks_per_shard as u64) * self.chunk_size as u64
-    }
-
-    /// Overflow chunks an entry of `len` key + value bytes needs beyond its head chunk.
-    #[inline]
-    #[cfg_attr(not(any(test, feature = "test-support")), allow(dead_code))]
-    pub fn overflow_chunks(&self, len: usize) -> u32 {
-        len.saturating_sub(self.chunk_size as usize)
-            .div_ceil(self.chunk_size as usize) as u32
+        self.chunks_per_shard as u64 * self.chunk_size as u64
     }
 
     /// Which shard a 64-bit key hash belongs to (high bits; the low bits pick the slot).
@@ -747,17 +772,12 @@ impl Geometry {
         self.shards_offset + i * self.shard.stride
     }
 
-    /// Metadata bytes per entry slot: record plus its share of the index.
-    pub fn metadata_bytes_per_entry(&self) -> f64 {
-        size_of::<Record>() as f64 + 4.0 * self.index_slots as f64 / self.entries_per_shard as f64
+    /// Bytes of the segment outside the shards: the header and its backup, the
+    /// coordination area and the memo statistics. Fixed by `coord_slots`, not by the
+    /// capacity.
+    pub fn fixed_overhead_bytes(&self) -> u64 {
+        (self.total_size - self.shard_count as usize * self.shard.stride) as u64
     }
-}
-
-/// Index slots for `entries`: a power of two keeping the load factor at or below 0.8.
-fn index_slots_for(entries: u32) -> Result<u32, GeometryError> {
-    let want = (entries as u64 * 5).div_ceil(4).max(8);
-    let slots = want.next_power_of_two();
-    u32::try_from(slots).map_err(|_| "index too large".to_string())
 }
 
 #[cfg(test)]
@@ -781,13 +801,16 @@ mod tests {
         h.total_size += 64;
         assert!(Geometry::from_header(&h).is_err());
         let mut h = geom().to_header(1, 2, 3);
-        h.index_slots = 4;
+        h.buckets = 4;
         assert!(Geometry::from_header(&h).is_err());
         let mut h = geom().to_header(1, 2, 3);
-        h.chunk_size = 48;
+        h.chunk_size = 60;
         assert!(Geometry::from_header(&h).is_err());
         let mut h = geom().to_header(1, 2, 3);
         h.shard_count = u32::MAX;
+        assert!(Geometry::from_header(&h).is_err());
+        let mut h = geom().to_header(1, 2, 3);
+        h.max_entries_per_shard = 1001;
         assert!(Geometry::from_header(&h).is_err());
     }
 
@@ -796,19 +819,14 @@ mod tests {
         let g = geom();
         let s = g.shard;
         assert!(s.undo_off >= size_of::<ShardMeta>());
-        assert!(s.index_off >= s.undo_off + UNDO_EXTRA + g.chunk_size as usize);
-        assert!(s.records_off >= s.index_off + 4 * g.index_slots as usize);
-        assert!(s.heads_off >= s.records_off + 32 * g.entries_per_shard as usize);
-        let heads = g.chunk_size as usize * g.entries_per_shard as usize;
-        assert!(s.links_off >= s.heads_off + heads);
+        assert!(s.buckets_off >= s.undo_off + UNDO_EXTRA + g.chunk_size as usize);
+        assert!(s.heads_off >= s.buckets_off + 4 * g.buckets as usize);
+        assert!(s.links_off >= s.heads_off + (g.chunks_per_shard as usize).div_ceil(64) * 8);
         assert!(s.arena_off >= s.links_off + 4 * g.chunks_per_shard as usize);
-        let overflow = g.chunk_size as usize * g.chunks_per_shard as usize;
-        assert!(s.region_len >= s.arena_off + overflow);
-        assert_eq!(heads + overflow, g.arena_bytes() as usize);
+        assert!(s.region_len >= s.arena_off + g.arena_bytes() as usize);
         assert!(s.stride >= LOCK_BLOCK + s.region_len);
         for off in [
-            s.index_off,
-            s.records_off,
+            s.buckets_off,
             s.heads_off,
             s.links_off,
             s.arena_off,
@@ -835,23 +853,54 @@ mod tests {
 
     #[test]
     fn entry_limit_must_fit_twice_in_a_shard() {
+        // 32 + 100 + 300 bytes = 7 chunks of 64: twice is 14 > 10.
         assert!(Geometry::new(1, 10, 10, 64, 100, 300, 0, 0).is_err());
-        assert!(Geometry::new(1, 10, 10, 64, 20, 300, 0, 0).is_ok());
+        assert!(Geometry::new(1, 10, 10, 64, 20, 100, 0, 0).is_ok());
+        // Checksums add 8 bytes: 32 + 20 + 100 + 8 = 160 -> 3 chunks, 6 <= 10 still.
+        let g = Geometry::new(1, 10, 10, 64, 20, 100, 0, 0).unwrap();
+        assert!(g.with_checksums(true).is_ok());
+        let g = Geometry::new(1, 10, 10, 64, 20, 264, 0, 0).unwrap();
+        assert!(g.with_checksums(true).is_err());
     }
 
     #[test]
-    fn index_load_factor_stays_below_point_eight() {
-        for n in [1u32, 7, 8, 100, 1000, 4096, 100_000] {
-            let slots = index_slots_for(n).unwrap();
-            assert!(slots.is_power_of_two());
-            assert!(n as f64 / slots as f64 <= 0.8, "{n} -> {slots}");
+    fn entries_cannot_outnumber_chunks() {
+        assert!(Geometry::new(1, 11, 10, 64, 8, 8, 0, 0).is_err());
+        assert!(Geometry::new(1, 0, 10, 64, 8, 8, 0, 0).is_err());
+        assert!(Geometry::new(1, 10, 10, 64, 8, 8, 0, 0).is_ok());
+    }
+
+    #[test]
+    fn buckets_cost_at_most_a_byte_per_chunk() {
+        for chunks in [64u32, 100, 1000, 4096, 100_000, 1 << 24] {
+            let b = buckets_for(chunks, chunks);
+            assert!(b.is_power_of_two());
+            assert!(b as u64 * 4 <= chunks as u64, "{chunks} -> {b}");
+            // Chains stay short even if every entry fits one chunk.
+            assert!(chunks / b <= 8, "{chunks} -> {b}");
         }
+        // A low entry cap sizes the buckets to the entries: two per bucket at most.
+        assert_eq!(buckets_for(1000, 1 << 20), 512);
     }
 
     #[test]
-    fn metadata_per_entry_is_at_most_48_bytes_for_default_like_geometry() {
-        // 4096 entries per shard -> 8192 slots: 32 + 8 = 40 bytes.
-        let g = Geometry::new(16, 4096, 65536, 64, 1024, 1 << 20, 0, 0).unwrap();
-        assert!(g.metadata_bytes_per_entry() <= 48.0);
+    fn chunks_within_fills_the_budget() {
+        for (budget, cs) in [
+            (1u64 << 20, 64u32),
+            (4 << 20, 64),
+            (1 << 16, 256),
+            (5000, 48),
+        ] {
+            let n = chunks_within(budget, cs, u32::MAX);
+            let g = Geometry::new(1, n, n, cs, 1, 1, 0, 0).unwrap();
+            assert!(g.shard.stride as u64 <= budget, "{budget}/{cs}: {n}");
+            // Within a few chunks of the most that could fit.
+            let slack = budget - g.shard.stride as u64;
+            assert!(
+                slack < 8 * (cs as u64 + 5) + 1024,
+                "{budget}/{cs}: slack {slack}"
+            );
+        }
+        assert_eq!(chunks_within(100, 64, u32::MAX), 0);
     }
 }

@@ -44,7 +44,7 @@ impl HeapShard {
 
 /// A small geometry that makes eviction, chunk chains and collisions frequent.
 pub fn small_geometry() -> Geometry {
-    Geometry::new(1, 8, 24, 16, 32, 160, 0, 0x5eed).expect("valid")
+    Geometry::new(1, 8, 24, 48, 32, 160, 0, 0x5eed).expect("valid")
 }
 
 #[derive(Clone, Debug)]
@@ -82,11 +82,9 @@ impl Model {
         }
     }
 
-    /// Overflow chunks: every entry also has its record's head chunk.
+    /// Chunks an entry takes: its record, key and value.
     fn need(&self, k: usize, v: usize) -> usize {
-        (k + v)
-            .saturating_sub(self.chunk_size)
-            .div_ceil(self.chunk_size)
+        crate::layout::chunks_for(k + v, self.chunk_size)
     }
 
     fn used_chunks(&self) -> usize {
@@ -130,10 +128,10 @@ impl Model {
         let need = self.need(key.len(), value.len());
         let evicted = match pos {
             Some(i) => {
-                // An entry that fits its head both before and after is rewritten in place;
+                // An entry that fits one chunk both before and after is rewritten in place;
                 // any other overwrite takes its new chunks while the old ones are held.
                 let old = &self.entries[i];
-                let ev = if need == 0 && self.need(old.key.len(), old.value.len()) == 0 {
+                let ev = if need == 1 && self.need(old.key.len(), old.value.len()) == 1 {
                     0
                 } else {
                     self.make_room(need, false, Some(key))
@@ -196,7 +194,8 @@ pub enum Op {
 }
 
 fn key_of(k: u8) -> Vec<u8> {
-    // Varied lengths, including ones that span chunks (chunk size 16 in the small geometry).
+    // Varied lengths, including ones that leave the head chunk (16 bytes after the record
+    // in the small geometry).
     let n = [1usize, 3, 8, 15, 16, 17, 24, 31][(k % 8) as usize];
     let mut key = vec![b'a' + (k % 26); n];
     key[0] = k;

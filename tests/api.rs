@@ -187,7 +187,8 @@ fn bad_options_are_clear_errors() {
     let name = format!("shmc-api-{}-badopts", std::process::id());
     for o in [
         Options::new().shards(0),
-        Options::new().chunk_size(48),
+        Options::new().chunk_size(100),
+        Options::new().chunk_size(40),
         Options::new().capacity_bytes(1024).shards(64),
         Options::new().lock_timeout(Duration::ZERO),
         Options::new().default_ttl(Some(Duration::ZERO)),

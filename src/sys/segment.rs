@@ -666,8 +666,8 @@ impl Segment {
     #[inline]
     pub fn prefetch_index(&self, shard: usize, h: u32) {
         let g = &self.geom;
-        let slot = h as usize & (g.index_slots as usize - 1);
-        let off = g.shard_offset(shard) + g.shard.region_offset + g.shard.index_off + 4 * slot;
+        let slot = h as usize & (g.buckets as usize - 1);
+        let off = g.shard_offset(shard) + g.shard.region_offset + g.shard.buckets_off + 4 * slot;
         if off >= self.map.len() {
             return;
         }

@@ -1,13 +1,12 @@
-//! Overflow chunks: taking a chain from the free list and giving it back.
+//! Chunks: taking a chain from the free list and giving it back.
 
 use super::*;
 
 impl ShardView<'_> {
+    /// Takes `n` (at least 1) chunks from the free list, linked into a chain ending in
+    /// [`NIL`]; returns the first.
     pub(super) fn alloc_chain(&mut self, n: u32) -> TResult<u32> {
-        if n == 0 {
-            return Ok(NIL);
-        }
-        if self.meta.free_chunks < n {
+        if n == 0 || self.meta.free_chunks < n {
             return Err(TableError::NoRoom);
         }
         let first = self.meta.free_chunk_head;
@@ -28,6 +27,7 @@ impl ShardView<'_> {
         Ok(first)
     }
 
+    /// Gives the `n` chunks of the chain at `first` back to the free list.
     pub(super) fn free_chain(&mut self, first: u32, n: u32) -> TResult<()> {
         if n == 0 {
             return Ok(());

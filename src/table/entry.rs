@@ -1,5 +1,5 @@
 //! An entry's bytes: bounds-checked access to records, and the key, value and checksum
-//! bytes laid over a record's head chunk and its chain of overflow chunks.
+//! bytes laid after the record in its head chunk and on through its chain of chunks.
 
 use super::*;
 
@@ -15,28 +15,32 @@ pub(super) fn entry_checksum(seed: u64, key: &[u8], value: &[u8]) -> u64 {
 }
 
 impl ShardView<'_> {
+    /// The record at the start of chunk `i`.
     #[inline]
     pub(super) fn rec(&self, i: u32) -> TResult<&Record> {
-        self.recs
-            .get(i as usize)
-            .ok_or(TableError::Corrupt("record index out of range"))
+        let start = i as usize * self.chunk_size;
+        self.arena
+            .get(start..start + REC_LEN)
+            .and_then(|b| bytemuck::try_from_bytes(b).ok())
+            .ok_or(TableError::Corrupt("entry index out of range"))
     }
 
     #[inline]
     pub(super) fn rec_mut(&mut self, i: u32) -> TResult<&mut Record> {
-        self.recs
-            .get_mut(i as usize)
-            .ok_or(TableError::Corrupt("record index out of range"))
+        let start = i as usize * self.chunk_size;
+        self.arena
+            .get_mut(start..start + REC_LEN)
+            .and_then(|b| bytemuck::try_from_bytes_mut(b).ok())
+            .ok_or(TableError::Corrupt("entry index out of range"))
     }
 
-    /// Overflow chunks an entry of `len` bytes needs beyond its head chunk.
+    /// Chunks an entry of `len` bytes (key, value and checksum) occupies, its head included.
     #[inline]
     pub(super) fn chunks_for(&self, len: usize) -> u32 {
-        len.saturating_sub(self.chunk_size)
-            .div_ceil(self.chunk_size) as u32
+        crate::layout::chunks_for(len, self.chunk_size) as u32
     }
 
-    /// Overflow chunks record `r`'s entry occupies (its checksum included).
+    /// Chunks record `r`'s entry occupies (its checksum included).
     #[inline]
     pub(super) fn chunks_of(&self, r: &Record) -> u32 {
         self.chunks_for(Self::entry_len(r) + self.trailer)
@@ -47,6 +51,12 @@ impl ShardView<'_> {
         r.key_len as usize + r.value_len as usize
     }
 
+    /// Bytes of an entry that its head chunk holds after the record.
+    #[inline]
+    pub(super) fn head_room(&self) -> usize {
+        self.chunk_size - REC_LEN
+    }
+
     #[inline]
     pub(super) fn next_chunk(&self, c: u32) -> TResult<u32> {
         match self.links.get(c as usize) {
@@ -55,29 +65,29 @@ impl ShardView<'_> {
         }
     }
 
-    /// Record `r`'s head chunk.
     #[inline]
-    pub(super) fn head(&self, r: u32) -> TResult<&[u8]> {
-        let start = r as usize * self.chunk_size;
+    pub(super) fn is_head(&self, c: u32) -> bool {
         self.heads
-            .get(start..start + self.chunk_size)
-            .ok_or(TableError::Corrupt("record index out of range"))
+            .get(c as usize / 64)
+            .is_some_and(|w| w & (1 << (c % 64)) != 0)
     }
 
     #[inline]
-    pub(super) fn chunk(&self, c: u32) -> TResult<&[u8]> {
-        let start = c as usize * self.chunk_size;
-        self.arena
-            .get(start..start + self.chunk_size)
-            .ok_or(TableError::Corrupt("chunk index out of range"))
+    pub(super) fn set_head(&mut self, c: u32, on: bool) {
+        if let Some(w) = self.heads.get_mut(c as usize / 64) {
+            if on {
+                *w |= 1 << (c % 64);
+            } else {
+                *w &= !(1 << (c % 64));
+            }
+        }
     }
 
-    /// Calls `f` with consecutive pieces of the `len` bytes starting at byte `off` of record
-    /// `r`'s entry: its head chunk, then the overflow chain that begins at `first`.
+    /// Calls `f` with consecutive pieces of the `len` bytes starting at byte `off` of entry
+    /// `r`'s key, value and checksum bytes.
     pub(super) fn pieces(
         &self,
         r: u32,
-        first: u32,
         off: usize,
         len: usize,
         mut f: impl FnMut(&[u8]) -> bool,
@@ -85,86 +95,66 @@ impl ShardView<'_> {
         if len == 0 {
             return Ok(());
         }
-        let (mut at, mut off) = self.seek(first, off)?;
+        let (mut c, mut at) = self.seek(r, off)?;
         let mut left = len;
         loop {
-            let piece = match at {
-                None => self.head(r)?,
-                Some(c) => self.chunk(c)?,
-            };
-            let n = (self.chunk_size - off).min(left);
-            if !f(&piece[off..off + n]) {
+            let start = c as usize * self.chunk_size;
+            let n = (self.chunk_size - at).min(left);
+            let piece = self
+                .arena
+                .get(start + at..start + at + n)
+                .ok_or(TableError::Corrupt("chunk index out of range"))?;
+            if !f(piece) {
                 return Ok(());
             }
             left -= n;
             if left == 0 {
                 return Ok(());
             }
-            off = 0;
-            at = Some(self.after(at, first)?);
+            at = 0;
+            c = self.next_chunk(c)?;
         }
     }
 
-    /// Writes `src` at byte `off` of record `r`'s entry (head chunk, then the chain at
-    /// `first`).
-    pub(super) fn write_at(&mut self, r: u32, first: u32, off: usize, src: &[u8]) -> TResult<()> {
+    /// Writes `src` at byte `off` of entry `r`'s key, value and checksum bytes.
+    pub(super) fn write_at(&mut self, r: u32, off: usize, src: &[u8]) -> TResult<()> {
         if src.is_empty() {
             return Ok(());
         }
-        let (mut at, mut off) = self.seek(first, off)?;
+        let (mut c, mut at) = self.seek(r, off)?;
         let cs = self.chunk_size;
         let mut done = 0;
         loop {
-            let n = (cs - off).min(src.len() - done);
-            let (area, start, what) = match at {
-                None => (
-                    &mut *self.heads,
-                    r as usize * cs,
-                    "record index out of range",
-                ),
-                Some(c) => (
-                    &mut *self.arena,
-                    c as usize * cs,
-                    "chunk index out of range",
-                ),
-            };
-            let dst = area
-                .get_mut(start + off..start + off + n)
-                .ok_or(TableError::Corrupt(what))?;
-            dst.copy_from_slice(&src[done..done + n]);
+            let n = (cs - at).min(src.len() - done);
+            let start = c as usize * cs + at;
+            self.arena
+                .get_mut(start..start + n)
+                .ok_or(TableError::Corrupt("chunk index out of range"))?
+                .copy_from_slice(&src[done..done + n]);
             done += n;
             if done == src.len() {
                 return Ok(());
             }
-            off = 0;
-            at = Some(self.after(at, first)?);
+            at = 0;
+            c = self.next_chunk(c)?;
         }
     }
 
-    /// Where byte `off` of an entry lies: in the head (`None`) or in an overflow chunk of
-    /// the chain at `first`, and at which offset inside it.
+    /// Where byte `off` of entry `r`'s bytes lies: the chunk, and the offset inside it.
     #[inline]
-    pub(super) fn seek(&self, first: u32, mut off: usize) -> TResult<(Option<u32>, usize)> {
-        let cs = self.chunk_size;
-        if off < cs {
-            return Ok((None, off));
+    pub(super) fn seek(&self, r: u32, off: usize) -> TResult<(u32, usize)> {
+        let room = self.head_room();
+        if off < room {
+            return Ok((r, REC_LEN + off));
         }
-        off -= cs;
-        let mut c = first;
+        let cs = self.chunk_size;
+        let mut off = off - room;
+        let mut c = self.next_chunk(r)?;
         while off >= cs {
             c = self.next_chunk(c)?;
             off -= cs;
         }
-        Ok((Some(c), off))
-    }
-
-    /// The chunk after `at` (the head, or an overflow chunk) in the chain at `first`.
-    #[inline]
-    pub(super) fn after(&self, at: Option<u32>, first: u32) -> TResult<u32> {
-        match at {
-            None => Ok(first),
-            Some(c) => self.next_chunk(c),
-        }
+        Ok((c, off))
     }
 
     #[inline]
@@ -172,14 +162,15 @@ impl ShardView<'_> {
         if r.key_len as usize != key.len() {
             return Ok(false);
         }
-        if key.len() <= self.chunk_size {
-            // The common case: the whole key is in the head chunk, whose address depends
-            // only on the record index, so it loads in parallel with the record.
-            return Ok(&self.head(i)?[..key.len()] == key);
+        if key.len() <= self.head_room() {
+            // The common case: the key follows its record, in the same cache line or the
+            // next.
+            let start = i as usize * self.chunk_size + REC_LEN;
+            return Ok(self.arena.get(start..start + key.len()) == Some(key));
         }
         let mut at = 0;
         let mut eq = true;
-        self.pieces(i, r.first_chunk, 0, key.len(), |p| {
+        self.pieces(i, 0, key.len(), |p| {
             eq = p == &key[at..at + p.len()];
             at += p.len();
             eq

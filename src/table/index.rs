@@ -1,84 +1,82 @@
-//! The hash index: open addressing with linear probing, `record + 1` per slot (0 =
-//! empty), and backward-shift deletion, so there are no tombstones.
+//! The hash index: a power-of-two array of buckets, each the first entry of a chain linked
+//! through `Record::hnext`. No tombstones and no load limit: a bucket holds any number.
 
 use super::*;
 
 impl ShardView<'_> {
     #[inline]
-    pub(super) fn mask(&self) -> usize {
-        self.index.len() - 1
+    pub(super) fn bucket_of(&self, h: u32) -> usize {
+        h as usize & (self.buckets.len() - 1)
     }
 
-    /// Finds the index slot and record of `key`, live or expired.
+    /// Finds `key`'s entry, live or expired: its predecessor in the bucket's chain
+    /// ([`NIL`] if it is first) and the entry.
     #[inline(always)]
-    pub(super) fn find(&self, key: &[u8], h: u32) -> TResult<Option<(usize, u32)>> {
-        let mask = self.mask();
-        let mut s = h as usize & mask;
-        for _ in 0..self.index.len() {
-            let v = self.index[s];
-            if v == 0 {
+    pub(super) fn find(&self, key: &[u8], h: u32) -> TResult<Option<(u32, u32)>> {
+        let mut prev = NIL;
+        let mut i = self.buckets[self.bucket_of(h)];
+        // A chain longer than the shard has entries is a cycle.
+        for _ in 0..=self.meta.len {
+            if i == NIL {
                 return Ok(None);
             }
-            let r = v - 1;
-            let rec = self.rec(r)?;
-            if rec.hash == h && self.key_eq(r, rec, key)? {
-                return Ok(Some((s, r)));
+            let rec = self.rec(i)?;
+            if rec.hash == h && self.key_eq(i, rec, key)? {
+                return Ok(Some((prev, i)));
             }
-            s = (s + 1) & mask;
+            prev = i;
+            i = rec.hnext;
         }
-        corrupt("index has no empty slot")
+        corrupt("hash chain is cyclic")
     }
 
-    pub(super) fn slot_of(&self, r: u32) -> TResult<usize> {
-        let mask = self.mask();
-        let mut s = self.rec(r)?.hash as usize & mask;
-        for _ in 0..self.index.len() {
-            match self.index[s] {
-                0 => break,
-                v if v == r + 1 => return Ok(s),
-                _ => s = (s + 1) & mask,
+    /// The predecessor of entry `r` in its bucket's chain ([`NIL`] if it is first).
+    pub(super) fn pred_of(&self, r: u32) -> TResult<u32> {
+        let mut prev = NIL;
+        let mut i = self.buckets[self.bucket_of(self.rec(r)?.hash)];
+        for _ in 0..=self.meta.len {
+            if i == r {
+                return Ok(prev);
             }
+            if i == NIL {
+                break;
+            }
+            prev = i;
+            i = self.rec(i)?.hnext;
         }
-        corrupt("live record missing from the index")
+        corrupt("live entry missing from the index")
     }
 
+    /// Makes entry `r` (whose record holds hash `h`) the first of its bucket's chain.
     pub(super) fn index_insert(&mut self, r: u32, h: u32) -> TResult<()> {
-        let mask = self.mask();
-        let mut s = h as usize & mask;
-        for _ in 0..self.index.len() {
-            if self.index[s] == 0 {
-                self.index[s] = r + 1;
-                return Ok(());
-            }
-            s = (s + 1) & mask;
-        }
-        corrupt("index has no empty slot")
+        let b = self.bucket_of(h);
+        let first = self.buckets[b];
+        self.rec_mut(r)?.hnext = first;
+        self.buckets[b] = r;
+        Ok(())
     }
 
-    /// Empties slot `hole` and shifts back later members of its probe run.
-    pub(super) fn index_remove(&mut self, mut hole: usize) -> TResult<()> {
-        let mask = self.mask();
-        self.index[hole] = 0;
-        let mut s = (hole + 1) & mask;
-        for _ in 0..self.index.len() {
-            let v = self.index[s];
-            if v == 0 {
-                return Ok(());
-            }
-            let home = self.rec(v - 1)?.hash as usize & mask;
-            // Move the entry at `s` into the hole unless its home lies cyclically in (hole, s].
-            let stays = if hole <= s {
-                hole < home && home <= s
-            } else {
-                hole < home || home <= s
-            };
-            if !stays {
-                self.index[hole] = v;
-                self.index[s] = 0;
-                hole = s;
-            }
-            s = (s + 1) & mask;
+    /// Points whatever points at `r` (its predecessor `prev`, or its bucket) at `to`.
+    fn index_relink(&mut self, prev: u32, r: u32, to: u32) -> TResult<()> {
+        if prev == NIL {
+            let b = self.bucket_of(self.rec(r)?.hash);
+            self.buckets[b] = to;
+        } else {
+            self.rec_mut(prev)?.hnext = to;
         }
-        corrupt("index has no empty slot")
+        Ok(())
+    }
+
+    /// Unlinks entry `r`, whose predecessor is `prev`, from its chain.
+    pub(super) fn index_remove(&mut self, prev: u32, r: u32) -> TResult<()> {
+        let next = self.rec(r)?.hnext;
+        self.index_relink(prev, r, next)
+    }
+
+    /// Puts entry `new` (same key) in `old`'s place in its chain; `prev` precedes `old`.
+    pub(super) fn index_replace(&mut self, prev: u32, old: u32, new: u32) -> TResult<()> {
+        let next = self.rec(old)?.hnext;
+        self.rec_mut(new)?.hnext = next;
+        self.index_relink(prev, old, new)
     }
 }

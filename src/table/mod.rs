@@ -4,24 +4,27 @@
 //! caller may only hand out while holding the shard's lock, or a plain buffer in tests) and
 //! interprets them through `bytemuck`. Every index read from the region is bounds-checked:
 //! damage surfaces as [`TableError::Corrupt`], never as a panic or undefined behaviour, and
-//! [`ShardView::repair`] rebuilds the derived structures from the entry records.
+//! [`ShardView::repair`] rebuilds the derived structures from the entries themselves.
 //!
 //! Structure of a shard (see DESIGN.md for the byte layout):
-//! - `index`: open addressing with linear probing; a slot holds `record + 1`, 0 is empty;
-//!   deletion shifts later entries back, so there are no tombstones.
-//! - `recs`: entry records; live ones form a doubly linked LRU list (head = most recent),
-//!   free ones a singly linked free list through `next`.
-//! - `links` + `arena`: the arena is cut into equal chunks; an entry's key then value bytes
-//!   fill a chain of chunks, so any free chunk serves any entry and storage never fails
-//!   from fragmentation.
+//! - `arena` + `links`: the arena is cut into equal chunks. An entry is a chain of chunks:
+//!   its head chunk starts with its [`Record`] (32 bytes), then its key, value and
+//!   checksum bytes run on through the chain. An entry is named by its head chunk's index,
+//!   any free chunk serves any entry, and nothing is reserved per entry: the budget holds
+//!   as many entries as their sizes allow.
+//! - `heads`: one bit per chunk, set where an entry starts: what repair rebuilds from.
+//! - `buckets`: the hash index, chained through `Record::hnext` (no tombstones, no load
+//!   limit).
+//! - Live entries form a doubly linked LRU list (head = most recent) through
+//!   `Record::prev`/`next`; free chunks a singly linked list through `links`.
 //!
 //! The code is split by concern: [`entry`] (bounds-checked record and byte access),
 //! [`chunks`] (allocation), [`recency`] (the LRU list), [`index`], [`removal`] (deletes,
 //! expiry, eviction), [`ops`] (what callers use), [`validate`] (read-only) and [`repair`].
 
 use crate::layout::{
-    Geometry, Record, ShardMeta, CHECKSUM_LEN, CHUNK_MARK, NIL, REC_FREE, REC_LIVE, REC_STATE_MASK,
-    REC_VISITED, REC_WRITING,
+    Geometry, Record, ShardMeta, CHECKSUM_LEN, CHUNK_MARK, NIL, REC_FREE, REC_LEN, REC_LIVE,
+    REC_STATE_MASK, REC_VISITED, REC_WRITING,
 };
 use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
 
@@ -52,9 +55,9 @@ fn corrupt<T>(what: &'static str) -> TResult<T> {
     Err(TableError::Corrupt(what))
 }
 
-/// The undo area: the saved record, then its check word, then the saved head chunk.
-const UNDO_REC: usize = std::mem::size_of::<Record>();
-const UNDO_HEAD: usize = UNDO_REC + 8;
+/// The undo area: a check word naming the chunk saved, then the saved head chunk (its
+/// record included).
+const UNDO_HEAD: usize = crate::layout::UNDO_EXTRA;
 
 /// The 64-bit key hash shared by every process attached to a segment.
 #[inline]
@@ -158,17 +161,19 @@ pub struct RepairReport {
 pub struct ShardView<'a> {
     /// Counters and list heads.
     pub meta: &'a mut ShardMeta,
-    /// The old record and head chunk of an entry being overwritten in place.
+    /// The old head chunk of an entry being overwritten in place.
     undo: &'a mut [u8],
-    index: &'a mut [u32],
-    recs: &'a mut [Record],
-    /// One chunk per record: the first `chunk_size` bytes of its key and value.
-    heads: &'a mut [u8],
+    /// Hash buckets: the first entry of each chain, or [`NIL`].
+    buckets: &'a mut [u32],
+    /// One bit per chunk: set where an entry's head chunk is.
+    heads: &'a mut [u64],
+    /// Per chunk: the next chunk of its entry or of the free list, or [`NIL`].
     links: &'a mut [u32],
     arena: &'a mut [u8],
     chunk_size: usize,
     max_key: usize,
     max_value: usize,
+    max_entries: u32,
     seed: u64,
     /// Bytes stored after each value: its checksum (8) with checksums on, else 0.
     trailer: usize,
@@ -184,79 +189,69 @@ impl<'a> ShardView<'a> {
         if region.len() != s.region_len {
             return corrupt("shard region has the wrong length");
         }
-        let (meta_b, rest) = region.split_at_mut(s.index_off);
+        let (meta_b, rest) = region.split_at_mut(s.buckets_off);
         let (meta_b, undo_b) = meta_b.split_at_mut(s.undo_off);
-        let (index_b, rest) = rest.split_at_mut(s.records_off - s.index_off);
-        let (recs_b, rest) = rest.split_at_mut(s.heads_off - s.records_off);
+        let (buckets_b, rest) = rest.split_at_mut(s.heads_off - s.buckets_off);
         let (heads_b, rest) = rest.split_at_mut(s.links_off - s.heads_off);
         let (links_b, arena_b) = rest.split_at_mut(s.arena_off - s.links_off);
         let cast_err = |_| TableError::Corrupt("shard region is misaligned");
+        let chunks = geom.chunks_per_shard as usize;
+        let cs = geom.chunk_size as usize;
         let meta = bytemuck::try_from_bytes_mut::<ShardMeta>(
             &mut meta_b[..std::mem::size_of::<ShardMeta>()],
         )
         .map_err(cast_err)?;
-        let index =
-            bytemuck::try_cast_slice_mut::<u8, u32>(&mut index_b[..4 * geom.index_slots as usize])
+        let buckets =
+            bytemuck::try_cast_slice_mut::<u8, u32>(&mut buckets_b[..4 * geom.buckets as usize])
                 .map_err(cast_err)?;
-        let recs = bytemuck::try_cast_slice_mut::<u8, Record>(
-            &mut recs_b[..std::mem::size_of::<Record>() * geom.entries_per_shard as usize],
-        )
-        .map_err(cast_err)?;
-        let links = bytemuck::try_cast_slice_mut::<u8, u32>(
-            &mut links_b[..4 * geom.chunks_per_shard as usize],
-        )
-        .map_err(cast_err)?;
-        let cs = geom.chunk_size as usize;
-        let heads_len = cs * geom.entries_per_shard as usize;
-        let arena_len = cs * geom.chunks_per_shard as usize;
-        let undo_len = crate::layout::UNDO_EXTRA + geom.chunk_size as usize;
+        let heads =
+            bytemuck::try_cast_slice_mut::<u8, u64>(&mut heads_b[..8 * chunks.div_ceil(64)])
+                .map_err(cast_err)?;
+        let links = bytemuck::try_cast_slice_mut::<u8, u32>(&mut links_b[..4 * chunks])
+            .map_err(cast_err)?;
+        if arena_b.as_ptr() as usize % 8 != 0 || cs % 8 != 0 {
+            return corrupt("shard region is misaligned");
+        }
         Ok(ShardView {
             meta,
-            undo: &mut undo_b[..undo_len],
-            index,
-            recs,
-            heads: &mut heads_b[..heads_len],
+            undo: &mut undo_b[..crate::layout::UNDO_EXTRA + cs],
+            buckets,
+            heads,
             links,
-            arena: &mut arena_b[..arena_len],
-            chunk_size: geom.chunk_size as usize,
+            arena: &mut arena_b[..cs * chunks],
+            chunk_size: cs,
             max_key: geom.max_key_len as usize,
             max_value: geom.max_value_len as usize,
+            max_entries: geom.max_entries_per_shard,
             seed: geom.hash_seed,
             trailer: geom.trailer(),
         })
     }
 
-    /// Formats an empty shard: every record and chunk free, counters zero.
+    /// Chunks in the shard.
+    #[inline]
+    pub(super) fn chunk_count(&self) -> u32 {
+        self.links.len() as u32
+    }
+
+    /// Formats an empty shard: every chunk free, counters zero.
     pub fn format(&mut self) {
         *self.meta = bytemuck::Zeroable::zeroed();
-        self.index.fill(0);
         self.reset_lists();
     }
 
     /// Removes every entry, keeping the counters.
     pub fn clear(&mut self) -> u32 {
         let n = self.meta.len;
-        self.index.fill(0);
         self.reset_lists();
         self.meta.deletes += n as u64;
         n
     }
 
     fn reset_lists(&mut self) {
-        let n = self.recs.len() as u32;
-        for (i, r) in self.recs.iter_mut().enumerate() {
-            *r = Record {
-                hash: 0,
-                prev: NIL,
-                next: if i as u32 + 1 < n { i as u32 + 1 } else { NIL },
-                first_chunk: NIL,
-                key_len: 0,
-                state: REC_FREE,
-                value_len: 0,
-                expires_at: 0,
-            };
-        }
-        let c = self.links.len() as u32;
+        self.buckets.fill(NIL);
+        self.heads.fill(0);
+        let c = self.chunk_count();
         for (i, l) in self.links.iter_mut().enumerate() {
             *l = if i as u32 + 1 < c { i as u32 + 1 } else { NIL };
         }
@@ -264,8 +259,8 @@ impl<'a> ShardView<'a> {
         m.len = 0;
         m.lru_head = NIL;
         m.lru_tail = NIL;
-        m.free_rec_head = 0;
-        m.free_chunk_head = 0;
+        m._reserved0 = 0;
+        m.free_chunk_head = if c == 0 { NIL } else { 0 };
         m.free_chunks = c;
         m.sweep_cursor = 0;
         m.bytes_used = 0;
@@ -340,13 +335,13 @@ mod tests {
 
     #[test]
     fn lru_evicts_least_recently_used_first() {
-        let g = small_geometry(); // 8 records: 7 entries and the overwrite spare
+        let g = small_geometry(); // at most 8 entries
         let mut s = HeapShard::new(g);
         let mut v = s.view();
-        for i in 0..7u8 {
+        for i in 0..8u8 {
             set(&mut v, &g, &[i], b"x", 0, 1);
         }
-        // A full shard overwrites without evicting: the spare takes the new value.
+        // A full shard overwrites without evicting.
         assert_eq!(
             set(&mut v, &g, &[3], b"y", 0, 1),
             Stored::Written { evicted: 0 }
@@ -444,9 +439,9 @@ mod tests {
             }
             // Simulate a death mid-rewrite of key 3, after its LRU links were half updated.
             let (_, r) = v.find(&[3; 20], h(&g, &[3; 20])).unwrap().unwrap();
-            v.recs[r as usize].state = REC_WRITING;
+            v.rec_mut(r).unwrap().state = REC_WRITING;
             let head = v.meta.lru_head;
-            v.recs[head as usize].prev = 5;
+            v.rec_mut(head).unwrap().prev = 5;
             v.meta.dirty = 1;
             assert!(v.validate().is_err());
             let rep = v.repair();
@@ -472,21 +467,22 @@ mod tests {
                     set(&mut v, &g, &[i; 9], &[i; 30], 0, 1);
                 }
             }
-            // Scribble over the metadata (meta, index, records, links), not the key and
-            // value bytes (heads, arena), which carry no checksum.
-            let (heads_off, links_off) = (g.shard.heads_off, g.shard.links_off);
-            let meta_len = heads_off + (g.shard.arena_off - links_off);
+            // Scribble over the metadata (meta, undo area, buckets, head bitmap, links, and
+            // the first 32 bytes of chunks, where records live), not only key and value
+            // bytes, which carry no checksum.
+            let arena = g.shard.arena_off;
+            let cs = g.chunk_size as usize;
             let bytes = s.bytes_mut();
             let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
             for _ in 0..(seed % 16 + 1) {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                let at = (x as usize) % meta_len;
-                let at = if at < heads_off {
-                    at
+                let at = if x % 2 == 0 {
+                    (x as usize >> 1) % arena
                 } else {
-                    links_off + (at - heads_off)
+                    let c = (x as usize >> 8) % g.chunks_per_shard as usize;
+                    arena + c * cs + (x as usize >> 1) % REC_LEN
                 };
                 bytes[at] = (x >> 40) as u8;
             }
@@ -544,8 +540,9 @@ mod tests {
         // And on a read, without a repair in between: a miss, counted.
         let mut s = HeapShard::new(g);
         set(&mut s.view(), &g, b"key", b"value", 0, 1);
-        let head = g.shard.heads_off;
-        s.bytes_mut()[head + 4] ^= 1; // inside the value, in the record's head
+        // The first entry's head is chunk 0: record (32), key (3), then the value.
+        let head = g.shard.arena_off;
+        s.bytes_mut()[head + REC_LEN + 4] ^= 1;
         let mut v = s.view();
         assert_eq!(get(&mut v, &g, b"key", 1), None);
         assert_eq!(v.meta.checksum_failures, 1);

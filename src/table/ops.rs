@@ -59,16 +59,10 @@ impl ShardView<'_> {
     pub fn read_value(&self, r: u32, out: &mut Vec<u8>) -> TResult<()> {
         let rec = *self.rec(r)?;
         out.reserve(rec.value_len as usize);
-        self.pieces(
-            r,
-            rec.first_chunk,
-            rec.key_len as usize,
-            rec.value_len as usize,
-            |p| {
-                out.extend_from_slice(p);
-                true
-            },
-        )
+        self.pieces(r, rec.key_len as usize, rec.value_len as usize, |p| {
+            out.extend_from_slice(p);
+            true
+        })
     }
 
     /// Copies record `r`'s value into the front of `dst` (which must be long enough).
@@ -76,24 +70,18 @@ impl ShardView<'_> {
         let rec = *self.rec(r)?;
         let dst = &mut dst[..rec.value_len as usize];
         let mut at = 0;
-        self.pieces(
-            r,
-            rec.first_chunk,
-            rec.key_len as usize,
-            rec.value_len as usize,
-            |p| {
-                dst[at..at + p.len()].copy_from_slice(p);
-                at += p.len();
-                true
-            },
-        )
+        self.pieces(r, rec.key_len as usize, rec.value_len as usize, |p| {
+            dst[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+            true
+        })
     }
 
     /// Appends record `r`'s key to `out`.
     pub fn read_key(&self, r: u32, out: &mut Vec<u8>) -> TResult<()> {
         let rec = *self.rec(r)?;
         out.reserve(rec.key_len as usize);
-        self.pieces(r, rec.first_chunk, 0, rec.key_len as usize, |p| {
+        self.pieces(r, 0, rec.key_len as usize, |p| {
             out.extend_from_slice(p);
             true
         })
@@ -119,7 +107,7 @@ impl ShardView<'_> {
             (StoreMode::Replace, None) => return Ok(Stored::Missing),
             _ => {}
         }
-        // Records never move, so `found`'s record stays valid across the sweep (which, at the
+        // Entries never move, so `found`'s entry stays valid across the sweep (which, at the
         // same `now`, cannot expire it).
         self.sweep(now, 2)?;
         let need = self.chunks_for(key.len() + value.len() + self.trailer);
@@ -130,55 +118,49 @@ impl ShardView<'_> {
         };
         let old = found.map(|(_, r)| r);
         if let Some(o) = old {
-            if need == 0 && self.rec(o)?.first_chunk == NIL {
+            if need == 1 && self.chunks_of(self.rec(o)?) == 1 {
                 return self.overwrite_small(o, key, value, expires_at);
             }
         }
-        // Every other write goes out of place into a fresh record (its own head chunk) and
-        // fresh chunks, and commits with one store: the new record's state becoming LIVE. A
-        // crash before that leaves the old entry (or none) whole; after it, repair finishes
-        // the overwrite (see `ShardMeta::replacing`).
+        // Every other write goes out of place into fresh chunks and commits with one store:
+        // the new record's state becoming LIVE. A crash before that leaves the old entry (or
+        // none) whole; after it, repair finishes the overwrite (see `ShardMeta::replacing`).
         let evicted = self.make_room(need, old, now)?;
-        let r = self.meta.free_rec_head;
-        let next_free = {
-            let x = self.rec(r)?;
-            if x.state & REC_STATE_MASK != REC_FREE {
-                return corrupt("free list holds a used record");
-            }
-            x.next
-        };
-        let first = self.alloc_chain(need)?;
-        self.meta.free_rec_head = next_free;
+        let r = self.alloc_chain(need)?;
         *self.rec_mut(r)? = Record {
             hash: h,
             prev: NIL,
             next: NIL,
-            first_chunk: first,
+            hnext: NIL,
             key_len: key.len() as u16,
             state: REC_WRITING,
             value_len: value.len() as u32,
             expires_at,
         };
-        self.write_at(r, first, 0, key)?;
-        self.write_at(r, first, key.len(), value)?;
+        // Only a record that says WRITING is ever marked as a head: repair drops it.
+        self.set_head(r, true);
+        self.write_at(r, 0, key)?;
+        self.write_at(r, key.len(), value)?;
         if self.trailer != 0 {
             let sum = entry_checksum(self.seed, key, value).to_le_bytes();
-            self.write_at(r, first, key.len() + value.len(), &sum)?;
+            self.write_at(r, key.len() + value.len(), &sum)?;
         }
-        match old {
+        match found {
             None => {
                 self.index_insert(r, h)?;
                 crate::fault::hit(crate::fault::FaultPoint::StoreMidWrite);
                 self.rec_mut(r)?.state = REC_LIVE;
             }
-            Some(o) => {
+            Some((_, o)) => {
                 self.meta.replacing = o;
                 self.meta.replacement = r;
                 crate::fault::hit(crate::fault::FaultPoint::StoreMidWrite);
                 self.rec_mut(r)?.state = REC_LIVE;
                 crate::fault::hit(crate::fault::FaultPoint::StoreCommitted);
-                let slot = self.slot_of(o)?;
-                self.index[slot] = r + 1;
+                // The sweep may have removed `o`'s chain neighbours: find its predecessor
+                // again.
+                let prev = self.pred_of(o)?;
+                self.index_replace(prev, o, r)?;
                 self.release(o)?;
                 self.meta.replacing = NIL;
                 self.meta.replacement = NIL;
@@ -192,10 +174,10 @@ impl ShardView<'_> {
         Ok(Stored::Written { evicted })
     }
 
-    /// Overwrites record `o`, whose old and new entries both fit its head chunk, in place.
-    /// Crash-atomic through the undo area: the old record and head are copied there and
-    /// `meta.undo` set before anything changes, and `meta.undo` cleared once the new entry
-    /// is whole; repair puts a saved copy back.
+    /// Overwrites entry `o`, whose old and new bytes both fit its head chunk, in place.
+    /// Crash-atomic through the undo area: the old head chunk (record included) is copied
+    /// there and `meta.undo` set before anything changes, and `meta.undo` cleared once the
+    /// new entry is whole; repair puts a saved copy back.
     pub(super) fn overwrite_small(
         &mut self,
         o: u32,
@@ -206,25 +188,30 @@ impl ShardView<'_> {
         let old = *self.rec(o)?;
         let cs = self.chunk_size;
         let head = o as usize * cs;
-        self.undo[..UNDO_REC].copy_from_slice(bytemuck::bytes_of(&old));
-        self.undo[UNDO_HEAD..UNDO_HEAD + cs].copy_from_slice(&self.heads[head..head + cs]);
+        let saved = self
+            .arena
+            .get(head..head + cs)
+            .ok_or(TableError::Corrupt("entry index out of range"))?;
+        self.undo[UNDO_HEAD..UNDO_HEAD + cs].copy_from_slice(saved);
         let check = self.undo_check(o);
-        self.undo[UNDO_REC..UNDO_HEAD].copy_from_slice(&check.to_ne_bytes());
+        self.undo[..UNDO_HEAD].copy_from_slice(&check.to_ne_bytes());
         self.meta.undo = o;
         crate::fault::hit(crate::fault::FaultPoint::StoreMidWrite);
-        self.heads[head..head + key.len()].copy_from_slice(key);
-        self.heads[head + key.len()..head + key.len() + value.len()].copy_from_slice(value);
+        let at = head + REC_LEN;
+        self.arena[at..at + key.len()].copy_from_slice(key);
+        let at = at + key.len();
+        self.arena[at..at + value.len()].copy_from_slice(value);
         if self.trailer != 0 {
-            let at = head + key.len() + value.len();
+            let at = at + value.len();
             let sum = entry_checksum(self.seed, key, value).to_le_bytes();
-            self.heads[at..at + CHECKSUM_LEN].copy_from_slice(&sum);
+            self.arena[at..at + CHECKSUM_LEN].copy_from_slice(&sum);
         }
         let x = self.rec_mut(o)?;
         x.value_len = value.len() as u32;
         x.expires_at = expires_at;
         self.meta.undo = NIL;
         // A spent copy must never be put back by a later, damaged `meta.undo`.
-        self.undo[UNDO_REC..UNDO_HEAD].fill(0);
+        self.undo[..UNDO_HEAD].fill(0);
         crate::fault::hit(crate::fault::FaultPoint::StoreCommitted);
         self.deadline_changed(old.expires_at, expires_at);
         self.meta.bytes_used =
@@ -244,8 +231,8 @@ impl ShardView<'_> {
     /// Removes `key`; true if a live entry was removed.
     pub fn remove(&mut self, key: &[u8], h: u32, now: &mut Now) -> TResult<bool> {
         match self.find_live(key, h, now)? {
-            Some((slot, r)) => {
-                self.index_remove(slot)?;
+            Some((prev, r)) => {
+                self.index_remove(prev, r)?;
                 crate::fault::hit(crate::fault::FaultPoint::RemoveMidway);
                 self.release(r)?;
                 self.meta.deletes += 1;
@@ -258,9 +245,9 @@ impl ShardView<'_> {
     /// Removes `key` and appends its value to `out`; true if it was present.
     pub fn take(&mut self, key: &[u8], h: u32, now: &mut Now, out: &mut Vec<u8>) -> TResult<bool> {
         match self.find_live(key, h, now)? {
-            Some((slot, r)) => {
+            Some((prev, r)) => {
                 self.read_value(r, out)?;
-                self.remove_at(slot, r)?;
+                self.remove_at(prev, r)?;
                 self.meta.hits += 1;
                 self.meta.deletes += 1;
                 Ok(true)
@@ -338,7 +325,7 @@ impl ShardView<'_> {
         Ok(Incr::Value(next))
     }
 
-    /// Up to `max` live keys from record `start` on; returns where to resume (None = done).
+    /// Up to `max` live keys from chunk `start` on; returns where to resume (None = done).
     pub fn keys_from(
         &mut self,
         start: u32,
@@ -346,9 +333,8 @@ impl ShardView<'_> {
         now: &mut Now,
         out: &mut Vec<Vec<u8>>,
     ) -> TResult<Option<u32>> {
-        let n = self.recs.len() as u32;
-        let mut r = start;
-        while r < n {
+        let mut at = start;
+        while let Some(r) = self.next_head(at) {
             if out.len() >= max {
                 return Ok(Some(r));
             }
@@ -358,25 +344,28 @@ impl ShardView<'_> {
                 self.read_key(r, &mut k)?;
                 out.push(k);
             }
-            r += 1;
+            at = r + 1;
         }
         Ok(None)
     }
 
-    /// Reclaims every expired entry among records `start..start + max`; returns the count
-    /// and where to resume.
+    /// Reclaims every expired entry among the next `max` entries from chunk `start` on;
+    /// returns the count and where to resume.
     pub fn flush_expired_from(
         &mut self,
         start: u32,
         max: u32,
         now: &mut Now,
     ) -> TResult<(u32, Option<u32>)> {
-        let n = self.recs.len() as u32;
-        let end = start.saturating_add(max).min(n);
         let mut removed = 0;
-        for r in start..end {
+        let mut at = start;
+        for _ in 0..max {
+            let Some(r) = self.next_head(at) else {
+                return Ok((removed, None));
+            };
             removed += u32::from(self.expire_if_due(r, now)?);
+            at = r + 1;
         }
-        Ok((removed, (end < n).then_some(end)))
+        Ok((removed, self.next_head(at)))
     }
 }

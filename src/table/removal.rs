@@ -4,23 +4,24 @@
 use super::*;
 
 impl ShardView<'_> {
-    pub(super) fn remove_at(&mut self, slot: usize, r: u32) -> TResult<()> {
-        self.index_remove(slot)?;
+    /// Removes entry `r`, whose predecessor in its hash chain is `prev`.
+    pub(super) fn remove_at(&mut self, prev: u32, r: u32) -> TResult<()> {
+        self.index_remove(prev, r)?;
         self.release(r)
     }
 
-    /// Unlinks record `r` from the LRU list and frees it and its chunks (not the index slot).
+    /// Unlinks entry `r` from the LRU list and frees its chunks (it is out of the index).
+    /// The record is marked free and its head bit cleared before any chunk is reused.
     pub(super) fn release(&mut self, r: u32) -> TResult<()> {
         let rec = *self.rec(r)?;
         self.lru_unlink(r)?;
-        self.free_chain(rec.first_chunk, self.chunks_of(&rec))?;
-        let free_head = self.meta.free_rec_head;
         let x = self.rec_mut(r)?;
         x.state = REC_FREE;
         x.prev = NIL;
-        x.next = free_head;
-        x.first_chunk = NIL;
-        self.meta.free_rec_head = r;
+        x.next = NIL;
+        x.hnext = NIL;
+        self.set_head(r, false);
+        self.free_chain(r, self.chunks_of(&rec))?;
         self.meta.len = self.meta.len.saturating_sub(1);
         self.meta.bytes_used = self
             .meta
@@ -42,16 +43,16 @@ impl ShardView<'_> {
         key: &[u8],
         h: u32,
         now: &mut Now,
-    ) -> TResult<Option<(usize, u32)>> {
+    ) -> TResult<Option<(u32, u32)>> {
         match self.find(key, h)? {
-            Some((slot, r)) if Self::expired(self.rec(r)?, now) => {
-                self.remove_at(slot, r)?;
+            Some((prev, r)) if Self::expired(self.rec(r)?, now) => {
+                self.remove_at(prev, r)?;
                 self.meta.expirations += 1;
                 Ok(None)
             }
-            Some((slot, r)) if self.trailer != 0 && !self.checksum_ok(r)? => {
+            Some((prev, r)) if self.trailer != 0 && !self.checksum_ok(r)? => {
                 // Damaged bytes are never returned: the entry is dropped, as a miss.
-                self.remove_at(slot, r)?;
+                self.remove_at(prev, r)?;
                 self.meta.checksum_failures += 1;
                 Ok(None)
             }
@@ -59,18 +60,18 @@ impl ShardView<'_> {
         }
     }
 
-    /// Whether record `r`'s stored checksum matches its key and value bytes.
+    /// Whether entry `r`'s stored checksum matches its key and value bytes.
     pub(super) fn checksum_ok(&self, r: u32) -> TResult<bool> {
         let rec = *self.rec(r)?;
         let len = Self::entry_len(&rec);
         let mut h = Xxh3::with_seed(self.seed ^ CHECKSUM_SEED);
-        self.pieces(r, rec.first_chunk, 0, len, |p| {
+        self.pieces(r, 0, len, |p| {
             h.update(p);
             true
         })?;
         let mut stored = [0u8; CHECKSUM_LEN];
         let mut at = 0;
-        self.pieces(r, rec.first_chunk, len, CHECKSUM_LEN, |p| {
+        self.pieces(r, len, CHECKSUM_LEN, |p| {
             stored[at..at + p.len()].copy_from_slice(p);
             at += p.len();
             true
@@ -89,40 +90,57 @@ impl ShardView<'_> {
         }
     }
 
-    /// Reclaims up to `budget` expired entries, resuming a cursor over the records. Free
-    /// when no entry has a deadline.
+    /// The first head chunk at or after `c`, if any (a scan of the head bitmap).
+    pub(super) fn next_head(&self, c: u32) -> Option<u32> {
+        let n = self.chunk_count();
+        let mut w = c as usize / 64;
+        let mut bits = *self.heads.get(w)? & (!0u64 << (c % 64));
+        loop {
+            if bits != 0 {
+                let i = (w * 64) as u32 + bits.trailing_zeros();
+                return (i < n).then_some(i);
+            }
+            w += 1;
+            bits = *self.heads.get(w)?;
+        }
+    }
+
+    /// Reclaims expired entries among up to `budget` entries, resuming a cursor over the
+    /// head bitmap. Free when no entry has a deadline.
     pub fn sweep(&mut self, now: &mut Now, budget: u32) -> TResult<u32> {
         if self.meta.expiring == 0 {
             return Ok(0);
         }
-        let n = self.recs.len() as u32;
         let mut removed = 0;
-        for _ in 0..budget.min(n) {
-            let r = self.meta.sweep_cursor % n;
-            self.meta.sweep_cursor = (r + 1) % n;
+        for _ in 0..budget {
+            let r = match self.next_head(self.meta.sweep_cursor) {
+                Some(r) => r,
+                None => match self.next_head(0) {
+                    Some(r) => r,
+                    None => return Ok(removed),
+                },
+            };
+            self.meta.sweep_cursor = r + 1;
             removed += u32::from(self.expire_if_due(r, now)?);
         }
         Ok(removed)
     }
 
-    /// Removes record `r` if it is live and its deadline has passed; true if it did.
+    /// Removes entry `r` if it is live and its deadline has passed; true if it did.
     pub(super) fn expire_if_due(&mut self, r: u32, now: &mut Now) -> TResult<bool> {
         let rec = *self.rec(r)?;
         if rec.state & REC_STATE_MASK != REC_LIVE || !Self::expired(&rec, now) {
             return Ok(false);
         }
-        let slot = self.slot_of(r)?;
-        self.remove_at(slot, r)?;
+        let prev = self.pred_of(r)?;
+        self.remove_at(prev, r)?;
         self.meta.expirations += 1;
         Ok(true)
     }
 
-    /// Evicts from the LRU tail until a record and `chunks` chunks are free for a write,
-    /// never touching `keep` (the entry an overwrite replaces).
-    ///
-    /// One record per shard is kept spare: an overwrite writes into it before freeing the
-    /// old record, so a new entry needs two free records and an overwrite one. The spare is
-    /// not counted in the shard's capacity.
+    /// Evicts from the LRU tail until `chunks` chunks are free (and, for a new entry, the
+    /// shard is below its entry limit), never touching `keep` (the entry an overwrite
+    /// replaces, whose chunks stay held until the new entry has committed).
     pub(super) fn make_room(
         &mut self,
         chunks: u32,
@@ -130,12 +148,11 @@ impl ShardView<'_> {
         now: &mut Now,
     ) -> TResult<u32> {
         let mut evicted = 0;
-        let mut guard = self.recs.len() + 1;
-        let records_needed = if keep.is_some() { 1 } else { 2 };
+        let mut guard = self.meta.len as usize + 1;
+        let new_entry = keep.is_none();
         loop {
-            let free_records = (self.recs.len() as u32).saturating_sub(self.meta.len);
-            let rec_ok = free_records >= records_needed && self.meta.free_rec_head != NIL;
-            if rec_ok && self.meta.free_chunks >= chunks {
+            let count_ok = !new_entry || self.meta.len < self.max_entries;
+            if count_ok && self.meta.free_chunks >= chunks {
                 return Ok(evicted);
             }
             let mut v = self.meta.lru_tail;
@@ -149,8 +166,8 @@ impl ShardView<'_> {
                 .checked_sub(1)
                 .ok_or(TableError::Corrupt("LRU list is cyclic"))?;
             let expired = Self::expired(self.rec(v)?, now);
-            let slot = self.slot_of(v)?;
-            self.remove_at(slot, v)?;
+            let prev = self.pred_of(v)?;
+            self.remove_at(prev, v)?;
             if expired {
                 self.meta.expirations += 1;
             } else {

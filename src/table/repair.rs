@@ -1,4 +1,5 @@
-//! `repair`: rebuilding the index, LRU list, free lists and counters from the entry records,
+//! `repair`: rebuilding the index, LRU list, free list and counters from the entries (the
+//! head bitmap and the records it points at),
 //! after a dead or panicking holder or detected damage. It marks chains with bit 31 of
 //! their links while it works (the one structural writer besides the operations).
 
@@ -43,13 +44,6 @@ impl ShardView<'_> {
     /// Marks the chunks of a chain of exactly `need` chunks from `first`. On error returns
     /// how many chunks it marked (callers release them or unmark everything).
     pub(super) fn mark_chain(&mut self, first: u32, need: u32) -> Result<(), (u32, String)> {
-        if need == 0 {
-            return if first == NIL {
-                Ok(())
-            } else {
-                Err((0, "empty entry has a chunk".into()))
-            };
-        }
         let mut c = first;
         for k in 0..need {
             let Some(&l) = self.links.get(c as usize) else {
@@ -99,51 +93,50 @@ impl ShardView<'_> {
     }
 
     pub(super) fn try_repair(&mut self) -> TResult<RepairReport> {
-        let n = self.recs.len() as u32;
-        let total = self.links.len() as u32;
-        // Marks left by an interrupted validation are dropped; links out of range become NIL.
+        let n = self.chunk_count();
+        // Marks left by an interrupted repair are dropped; links out of range become NIL.
         self.unmark_all();
         for l in self.links.iter_mut() {
-            if *l >= total {
+            if *l >= n {
                 *l = NIL;
             }
         }
-        // 0. An overwrite that committed (its new record is live) replaces the old record;
-        //    one that did not leaves the new record WRITING, which step 1 drops.
+        // 0. An overwrite that committed (its new entry is live) replaces the old entry;
+        //    one that did not leaves the new entry WRITING, which step 1 drops.
         let (old, new) = (self.meta.replacing, self.meta.replacement);
         self.meta.replacing = NIL;
         self.meta.replacement = NIL;
-        // An in-place overwrite caught before it finished: put the saved bytes back.
-        // The copy is used only if its check word says it was saved for this very record.
-        let undo = std::mem::replace(&mut self.meta.undo, NIL);
-        let saved = u64::from_ne_bytes(self.undo[UNDO_REC..UNDO_HEAD].try_into().unwrap_or([0; 8]));
-        if undo < n && saved != 0 && saved == self.undo_check(undo) {
-            let cs = self.chunk_size;
-            self.recs[undo as usize] = bytemuck::pod_read_unaligned(&self.undo[..UNDO_REC]);
-            let head = undo as usize * cs;
-            self.heads[head..head + cs].copy_from_slice(&self.undo[UNDO_HEAD..UNDO_HEAD + cs]);
-        }
-        self.undo[UNDO_REC..UNDO_HEAD].fill(0);
-        let mut report = RepairReport::default();
-        if old < n && new < n && old != new {
-            let committed = self.recs[new as usize].state & REC_STATE_MASK == REC_LIVE;
+        if old < n && new < n && old != new && self.is_head(new) && self.is_head(old) {
+            let committed = self.rec(new)?.state & REC_STATE_MASK == REC_LIVE;
             if committed {
                 // The old value was superseded, not lost: not counted as dropped.
-                self.recs[old as usize].state = REC_FREE;
+                self.rec_mut(old)?.state = REC_FREE;
             }
         }
-        // 1. Decide which records survive, claiming their chunks with the mark bit.
-        for r in 0..n {
-            let rec = self.recs[r as usize];
-            let state = rec.state & REC_STATE_MASK;
-            self.recs[r as usize].state = state;
-            if state == REC_FREE {
-                continue;
-            }
-            let keep = state == REC_LIVE && self.claim(r).is_ok();
-            if !keep {
-                self.recs[r as usize].state = REC_FREE;
-                report.dropped += 1;
+        // An in-place overwrite caught before it finished: put the saved head chunk back.
+        // The copy is used only if its check word says it was saved for this very entry.
+        let undo = std::mem::replace(&mut self.meta.undo, NIL);
+        let saved = u64::from_ne_bytes(self.undo[..UNDO_HEAD].try_into().unwrap_or([0; 8]));
+        if undo < n && saved != 0 && saved == self.undo_check(undo) {
+            let cs = self.chunk_size;
+            let head = undo as usize * cs;
+            self.arena[head..head + cs].copy_from_slice(&self.undo[UNDO_HEAD..UNDO_HEAD + cs]);
+        }
+        self.undo[..UNDO_HEAD].fill(0);
+        let mut report = RepairReport::default();
+        // 1. Decide which entries survive, claiming their chunks with the mark bit.
+        let mut at = 0;
+        while let Some(r) = self.next_head(at) {
+            at = r + 1;
+            let state = self.rec(r)?.state & REC_STATE_MASK;
+            if state == REC_LIVE && self.claim(r).is_ok() {
+                self.rec_mut(r)?.state = REC_LIVE;
+            } else {
+                // Only the bit goes: a damaged bit may point into another entry's bytes,
+                // which must not be written.
+                self.set_head(r, false);
+                // A record already marked free was a removal caught mid-way: not a loss.
+                report.dropped += u32::from(state != REC_FREE);
             }
         }
         // 2. Thread the LRU list: the old order as far as it is sound, then the rest.
@@ -152,45 +145,45 @@ impl ShardView<'_> {
         let mut count = 0u32;
         let mut bytes = 0u64;
         let mut expiring = 0u32;
-        let push = |recs: &mut [Record], i: u32, order: &mut u32, tail: &mut u32| {
-            recs[i as usize].state |= REC_VISITED;
-            recs[i as usize].prev = *tail;
-            recs[i as usize].next = NIL;
-            if *tail == NIL {
-                *order = i;
-            } else {
-                recs[*tail as usize].next = i;
-            }
-            *tail = i;
-        };
-        let mut i = self.meta.lru_head;
-        let mut steps = 0;
-        while i != NIL && (i as usize) < self.recs.len() && steps <= n {
-            let rec = self.recs[i as usize];
-            if rec.state != REC_LIVE {
-                break;
-            }
-            let next = rec.next;
-            push(self.recs, i, &mut order, &mut tail);
+        let mut push = |v: &mut Self, i: u32| -> TResult<()> {
+            let rec = *v.rec(i)?;
             count += 1;
             bytes += Self::entry_len(&rec) as u64;
             expiring += u32::from(rec.expires_at != 0);
-            i = next;
+            let x = v.rec_mut(i)?;
+            x.state |= REC_VISITED;
+            x.prev = tail;
+            x.next = NIL;
+            if tail == NIL {
+                order = i;
+            } else {
+                v.rec_mut(tail)?.next = i;
+            }
+            tail = i;
+            Ok(())
+        };
+        let mut i = self.meta.lru_head;
+        let mut steps = 0;
+        while i < n && self.is_head(i) && steps <= n {
+            let rec = *self.rec(i)?;
+            if rec.state != REC_LIVE {
+                break;
+            }
+            push(self, i)?;
+            i = rec.next;
             steps += 1;
         }
-        for r in 0..n {
-            let rec = self.recs[r as usize];
-            if rec.state == REC_LIVE {
-                push(self.recs, r, &mut order, &mut tail);
-                count += 1;
-                bytes += Self::entry_len(&rec) as u64;
-                expiring += u32::from(rec.expires_at != 0);
+        let mut at = 0;
+        while let Some(r) = self.next_head(at) {
+            at = r + 1;
+            if self.rec(r)?.state == REC_LIVE {
+                push(self, r)?;
             }
         }
         // 3. Free chunks: every unclaimed chunk; then drop the marks.
         let mut free_head = NIL;
         let mut free = 0u32;
-        for c in (0..total).rev() {
+        for c in (0..n).rev() {
             if Self::is_marked(self.links[c as usize]) {
                 self.links[c as usize] = self.unmarked(c);
             } else {
@@ -199,36 +192,23 @@ impl ShardView<'_> {
                 free += 1;
             }
         }
-        // 4. Index and free records; duplicates of a key keep the more recent entry.
-        self.index.fill(0);
-        let mut free_rec = NIL;
-        for r in (0..n).rev() {
-            let st = self.recs[r as usize].state;
-            if st & REC_STATE_MASK != REC_LIVE {
-                let x = &mut self.recs[r as usize];
-                x.state = REC_FREE;
-                x.prev = NIL;
-                x.next = free_rec;
-                x.first_chunk = NIL;
-                free_rec = r;
-            }
-        }
+        // 4. The index; duplicates of a key keep the more recent entry.
+        self.buckets.fill(NIL);
         let m = &mut *self.meta;
         m.lru_head = order;
         m.lru_tail = tail;
         m.len = count;
         m.bytes_used = bytes;
         m.expiring = expiring;
-        m.free_rec_head = free_rec;
+        m._reserved0 = 0;
         m.free_chunk_head = free_head;
         m.free_chunks = free;
         m.sweep_cursor = 0;
         m.dirty = 0;
         let mut i = order;
         while i != NIL {
-            let rec = self.recs[i as usize];
-            let next = rec.next;
-            self.recs[i as usize].state = REC_LIVE;
+            let rec = *self.rec(i)?;
+            self.rec_mut(i)?.state = REC_LIVE;
             let mut key = Vec::with_capacity(rec.key_len as usize);
             self.read_key(i, &mut key)?;
             if self.find(&key, rec.hash)?.is_some() {
@@ -238,24 +218,31 @@ impl ShardView<'_> {
             } else {
                 self.index_insert(i, rec.hash)?;
             }
-            i = next;
+            i = rec.next;
+        }
+        // 5. More entries than the limit (only after damage): the least recent go.
+        while self.meta.len > self.max_entries {
+            let v = self.meta.lru_tail;
+            let prev = self.pred_of(v)?;
+            self.remove_at(prev, v)?;
+            report.dropped += 1;
         }
         report.kept = self.meta.len;
         Ok(report)
     }
 
-    /// Claims record `r`'s chunks for repair: checks sizes, chain and key hash. On failure
+    /// Claims entry `r`'s chunks for repair: checks sizes, chain and key hash. On failure
     /// releases what it claimed.
     pub(super) fn claim(&mut self, r: u32) -> Result<(), String> {
-        let rec = self.recs[r as usize];
+        let rec = *self.rec(r).map_err(|e| format!("{e:?}"))?;
         if rec.key_len as usize > self.max_key || rec.value_len as usize > self.max_value {
             return Err("sizes out of range".into());
         }
         let need = self.chunks_of(&rec);
-        let marked = match self.mark_chain(rec.first_chunk, need) {
+        let marked = match self.mark_chain(r, need) {
             Ok(()) => need,
             Err((k, _)) => {
-                self.unmark_prefix(rec.first_chunk, k);
+                self.unmark_prefix(r, k);
                 return Err("chunk chain is damaged".into());
             }
         };
@@ -288,32 +275,35 @@ impl ShardView<'_> {
             None
         };
         if let Some(p) = problem {
-            self.unmark_prefix(rec.first_chunk, marked);
+            self.unmark_prefix(r, marked);
             return Err(p.into());
         }
         Ok(())
     }
 
-    /// Calls `f(offset, piece)` over the first `len` bytes of record `r`'s entry (its head,
-    /// then its chain) while chain links carry repair marks. False if the chain leaves the
-    /// arena before `len` bytes.
+    /// Calls `f(offset, piece)` over the first `len` bytes of entry `r` (after its record,
+    /// then on through its chain) while chain links carry repair marks. False if the chain
+    /// leaves the arena before `len` bytes.
     fn marked_walk(&self, r: u32, len: usize, mut f: impl FnMut(usize, &[u8])) -> bool {
         let cs = self.chunk_size;
-        let head = r as usize * cs;
-        let Some(first) = self.heads.get(head..head + len.min(cs)) else {
+        let head = r as usize * cs + REC_LEN;
+        let Some(first) = self.arena.get(head..head + len.min(cs - REC_LEN)) else {
             return false;
         };
         f(0, first);
         let mut at = first.len();
-        let mut c = self.recs[r as usize].first_chunk;
+        let mut c = r;
         while at < len {
+            if c as usize >= self.links.len() {
+                return false;
+            }
+            c = self.unmarked(c);
             let n = (len - at).min(cs);
             let Some(piece) = self.arena.get(c as usize * cs..c as usize * cs + n) else {
                 return false;
             };
             f(at, piece);
             at += n;
-            c = self.unmarked(c);
         }
         true
     }

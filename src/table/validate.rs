@@ -36,36 +36,36 @@ impl Bits {
     }
 }
 
-/// What [`ShardView::validate_with`] keeps track of, outside the segment: the records and
-/// chunks it has seen, and a buffer for one key. Allocate it before taking a shard's lock.
+/// What [`ShardView::validate_with`] keeps track of, outside the segment: the entries it
+/// has seen on the LRU list and in the index, the chunks it has seen, and a buffer for one
+/// key. Allocate it before taking a shard's lock.
 pub struct CheckScratch {
-    recs: Bits,
+    listed: Bits,
+    indexed: Bits,
     chunks: Bits,
     key: Vec<u8>,
 }
 
 impl CheckScratch {
-    /// Scratch for shards of `records` records, `chunks` overflow chunks and keys of up to
-    /// `max_key` bytes.
-    pub fn new(records: usize, chunks: usize, max_key: usize) -> CheckScratch {
+    /// Scratch for shards of `chunks` chunks and keys of up to `max_key` bytes.
+    pub fn new(chunks: usize, max_key: usize) -> CheckScratch {
+        let bits = || Bits(vec![0; chunks.div_ceil(64)]);
         CheckScratch {
-            recs: Bits(vec![0; records.div_ceil(64)]),
-            chunks: Bits(vec![0; chunks.div_ceil(64)]),
+            listed: bits(),
+            indexed: bits(),
+            chunks: bits(),
             key: Vec::with_capacity(max_key),
         }
     }
 
     /// Scratch for the shards of `g`.
     pub fn for_geometry(g: &Geometry) -> CheckScratch {
-        Self::new(
-            g.entries_per_shard as usize,
-            g.chunks_per_shard as usize,
-            g.max_key_len as usize,
-        )
+        Self::new(g.chunks_per_shard as usize, g.max_key_len as usize)
     }
 
-    fn reset(&mut self, records: usize, chunks: usize) -> Result<(), String> {
-        self.recs.reset(records)?;
+    fn reset(&mut self, chunks: usize) -> Result<(), String> {
+        self.listed.reset(chunks)?;
+        self.indexed.reset(chunks)?;
         self.chunks.reset(chunks)?;
         self.key.clear();
         Ok(())
@@ -77,14 +77,14 @@ impl ShardView<'_> {
     /// what it has seen is kept in memory of its own (here allocated; see
     /// [`validate_with`](Self::validate_with) to allocate it before taking a lock).
     pub fn validate(&self) -> Result<(), String> {
-        let mut scratch = CheckScratch::new(self.recs.len(), self.links.len(), self.max_key);
+        let mut scratch = CheckScratch::new(self.links.len(), self.max_key);
         self.validate_with(&mut scratch)
     }
 
     /// [`validate`](Self::validate) with scratch memory sized for this shard's geometry.
     pub fn validate_with(&self, scratch: &mut CheckScratch) -> Result<(), String> {
-        scratch.reset(self.recs.len(), self.links.len())?;
-        let n = self.recs.len() as u32;
+        let n = self.chunk_count();
+        scratch.reset(n as usize)?;
         let m = *self.meta;
         if m.dirty != 0 {
             return Err("shard is marked dirty (an update was interrupted)".into());
@@ -92,28 +92,34 @@ impl ShardView<'_> {
         if m.replacing != NIL || m.replacement != NIL || m.undo != NIL {
             return Err("an overwrite was left half done".into());
         }
-        if m.len > n {
-            return Err(format!("len {} exceeds capacity {n}", m.len));
+        if m.len > self.max_entries {
+            return Err(format!(
+                "len {} exceeds capacity {}",
+                m.len, self.max_entries
+            ));
         }
-        // LRU list: every element live, links mutual, length = len, tail matches.
+        // LRU list: every element a live head, links mutual, length = len, tail matches.
         let mut prev = NIL;
         let mut i = m.lru_head;
         let mut count = 0u32;
         let mut bytes = 0u64;
         let mut expiring = 0u32;
         while i != NIL {
-            let r = self
-                .recs
-                .get(i as usize)
-                .ok_or_else(|| format!("LRU link {i} out of range"))?;
-            if scratch.recs.test_and_set(i as usize) {
-                return Err(format!("LRU list revisits record {i}"));
+            if i >= n || !self.is_head(i) {
+                return Err(format!("LRU link {i} is not an entry"));
+            }
+            let r = self.rec(i).map_err(|e| format!("entry {i}: {e:?}"))?;
+            if scratch.listed.test_and_set(i as usize) {
+                return Err(format!("LRU list revisits entry {i}"));
             }
             if r.state != REC_LIVE {
-                return Err(format!("LRU list holds record {i} in state {}", r.state));
+                return Err(format!("LRU list holds entry {i} in state {}", r.state));
             }
             if r.prev != prev {
-                return Err(format!("record {i} prev link {} should be {prev}", r.prev));
+                return Err(format!("entry {i} prev link {} should be {prev}", r.prev));
+            }
+            if r.key_len as usize > self.max_key || r.value_len as usize > self.max_value {
+                return Err(format!("entry {i} exceeds the size limits"));
             }
             bytes += Self::entry_len(r) as u64;
             expiring += u32::from(r.expires_at != 0);
@@ -133,81 +139,61 @@ impl ShardView<'_> {
         if expiring != m.expiring {
             return Err(format!("expiring {} should be {expiring}", m.expiring));
         }
-        if let Some(i) = (0..self.recs.len())
-            .find(|&i| self.recs[i].state & REC_STATE_MASK != REC_FREE && !scratch.recs.get(i))
-        {
-            return Err(format!("record {i} is in use but not on the LRU list"));
+        let mut at = 0;
+        while let Some(h) = self.next_head(at) {
+            if !scratch.listed.get(h as usize) {
+                return Err(format!(
+                    "chunk {h} is marked as an entry but not on the LRU list"
+                ));
+            }
+            at = h + 1;
         }
-        // Free record list.
-        let mut i = m.free_rec_head;
-        let mut free = 0u32;
-        while i != NIL {
-            let r = self
-                .recs
-                .get(i as usize)
-                .ok_or_else(|| format!("free record link {i} out of range"))?;
-            if r.state != REC_FREE {
-                return Err(format!("free list holds record {i} in state {}", r.state));
-            }
-            if scratch.recs.test_and_set(i as usize) {
-                return Err("free record list is cyclic".into());
-            }
-            free += 1;
-            i = r.next;
-        }
-        if free + count != n {
-            return Err(format!(
-                "{free} free + {count} live records != capacity {n}"
-            ));
-        }
-        // Index: exactly the live records, each findable by its own key from its home slot.
-        let used = self.index.iter().filter(|&&v| v != 0).count() as u32;
-        if used != m.len {
-            return Err(format!("index holds {used} entries, len says {}", m.len));
-        }
-        for slot in 0..self.index.len() {
-            let v = self.index[slot];
-            if v == 0 {
-                continue;
-            }
-            let r = v - 1;
-            let rec = *self
-                .recs
-                .get(r as usize)
-                .ok_or_else(|| format!("index slot {slot} points outside the records"))?;
-            if rec.state & REC_STATE_MASK != REC_LIVE {
-                return Err(format!("index slot {slot} points at a free record {r}"));
-            }
-            if rec.key_len as usize > self.max_key || rec.value_len as usize > self.max_value {
-                return Err(format!("record {r} exceeds the size limits"));
-            }
-            // Into memory reserved before locking: no allocation here.
-            scratch.key.clear();
-            self.read_key(r, &mut scratch.key)
-                .map_err(|e| format!("record {r}: {e:?}"))?;
-            if key_hash(self.seed, &scratch.key) as u32 != rec.hash {
-                return Err(format!("record {r} hash does not match its key"));
-            }
-            match self.find(&scratch.key, rec.hash) {
-                Ok(Some((s, found))) if s == slot && found == r => {}
-                other => return Err(format!("record {r} not findable from its home: {other:?}")),
+        // Index: exactly the live entries, each in its own bucket and findable by its key.
+        let mut indexed = 0u32;
+        for b in 0..self.buckets.len() {
+            let mut i = self.buckets[b];
+            while i != NIL {
+                if !scratch.listed.get(i as usize) {
+                    return Err(format!("bucket {b} holds {i}, which is not a live entry"));
+                }
+                if scratch.indexed.test_and_set(i as usize) {
+                    return Err(format!("entry {i} is indexed twice, or a chain cycles"));
+                }
+                indexed += 1;
+                let rec = *self.rec(i).map_err(|e| format!("entry {i}: {e:?}"))?;
+                if self.bucket_of(rec.hash) != b {
+                    return Err(format!("entry {i} is in bucket {b}, not its own"));
+                }
+                // Into memory reserved before locking: no allocation here.
+                scratch.key.clear();
+                self.read_key(i, &mut scratch.key)
+                    .map_err(|e| format!("entry {i}: {e:?}"))?;
+                if key_hash(self.seed, &scratch.key) as u32 != rec.hash {
+                    return Err(format!("entry {i} hash does not match its key"));
+                }
+                match self.find(&scratch.key, rec.hash) {
+                    Ok(Some((_, found))) if found == i => {}
+                    other => return Err(format!("entry {i} not findable by its key: {other:?}")),
+                }
+                i = rec.hnext;
             }
         }
-        // Overflow chunks: live chains and the free list partition them.
-        let total = self.links.len() as u32;
+        if indexed != m.len {
+            return Err(format!("index holds {indexed} entries, len says {}", m.len));
+        }
+        // Chunks: live chains and the free list partition them.
         let mut owned = 0u32;
-        for r in 0..n {
-            let rec = self.recs[r as usize];
-            if rec.state & REC_STATE_MASK != REC_LIVE {
-                continue;
-            }
+        let mut i = m.lru_head;
+        while i != NIL {
+            let rec = *self.rec(i).map_err(|e| format!("entry {i}: {e:?}"))?;
             let need = self.chunks_of(&rec);
-            self.walk_chain(rec.first_chunk, need, &mut scratch.chunks)
-                .map_err(|e| format!("record {r}: {e}"))?;
+            self.walk_chain(i, need, &mut scratch.chunks)
+                .map_err(|e| format!("entry {i}: {e}"))?;
             owned += need;
-            if self.trailer != 0 && !self.checksum_ok(r).unwrap_or(false) {
-                return Err(format!("record {r} fails its checksum"));
+            if self.trailer != 0 && !self.checksum_ok(i).unwrap_or(false) {
+                return Err(format!("entry {i} fails its checksum"));
             }
+            i = rec.next;
         }
         let mut c = m.free_chunk_head;
         let mut nfree = 0u32;
@@ -230,8 +216,8 @@ impl ShardView<'_> {
                 m.free_chunks
             ));
         }
-        if owned + nfree != total {
-            return Err(format!("{owned} used + {nfree} free chunks != {total}"));
+        if owned + nfree != n {
+            return Err(format!("{owned} used + {nfree} free chunks != {n}"));
         }
         Ok(())
     }
@@ -239,13 +225,6 @@ impl ShardView<'_> {
     /// Follows a chain of exactly `need` chunks from `first`, setting each in `seen` and
     /// failing on a chunk seen before (shared, or a cycle) or a wrong length.
     pub(super) fn walk_chain(&self, first: u32, need: u32, seen: &mut Bits) -> Result<(), String> {
-        if need == 0 {
-            return if first == NIL {
-                Ok(())
-            } else {
-                Err("empty entry has a chunk".into())
-            };
-        }
         let mut c = first;
         for k in 0..need {
             let Some(&l) = self.links.get(c as usize) else {
