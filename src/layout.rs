@@ -15,9 +15,21 @@ pub const LAYOUT_VERSION: u32 = 5;
 pub const READY: u32 = 0x5245_4459; // "READY"
 /// "No index" in every `u32` link (LRU, free lists, chunk chains).
 pub const NIL: u32 = u32::MAX;
-/// Bytes of a shard's undo area besides the copy of one chunk: the check word naming the
-/// chunk the copy was taken from.
+/// Bytes of a shard's undo area besides the chunk copies: the check word naming the entry
+/// the copy was taken from.
 pub const UNDO_EXTRA: usize = 8;
+/// Bytes of entry an in-place overwrite can save in the undo area (at least one chunk).
+pub const UNDO_BYTES: usize = 512;
+
+/// Chunks the undo area holds: an overwrite that keeps an entry's chunk count and needs at
+/// most this many is done in place.
+pub const fn undo_chunks(chunk_size: usize) -> usize {
+    if chunk_size >= UNDO_BYTES {
+        1
+    } else {
+        UNDO_BYTES / chunk_size
+    }
+}
 /// Bytes reserved for a shard's robust mutex (its own cache line).
 pub const LOCK_BLOCK: usize = 64;
 /// Alignment of every section inside a shard, and of the shard stride.
@@ -504,7 +516,8 @@ fn shard_sections(chunks: u64, chunk_size: u64, buckets: u64) -> Option<ShardLay
     let a = SECTION_ALIGN as u64;
     let meta = size_of::<ShardMeta>() as u64;
     let undo_off = align_up(meta, a);
-    let buckets_off = align_up(undo_off + UNDO_EXTRA as u64 + chunk_size, a);
+    let undo_len = UNDO_EXTRA as u64 + undo_chunks(chunk_size as usize) as u64 * chunk_size;
+    let buckets_off = align_up(undo_off + undo_len, a);
     let heads_off = align_up(buckets_off + 4 * buckets, a);
     let links_off = align_up(heads_off + 8 * chunks.div_ceil(64), a);
     let arena_off = align_up(links_off + 4 * chunks, a);
@@ -819,7 +832,8 @@ mod tests {
         let g = geom();
         let s = g.shard;
         assert!(s.undo_off >= size_of::<ShardMeta>());
-        assert!(s.buckets_off >= s.undo_off + UNDO_EXTRA + g.chunk_size as usize);
+        let undo = UNDO_EXTRA + undo_chunks(g.chunk_size as usize) * g.chunk_size as usize;
+        assert!(s.buckets_off >= s.undo_off + undo);
         assert!(s.heads_off >= s.buckets_off + 4 * g.buckets as usize);
         assert!(s.links_off >= s.heads_off + (g.chunks_per_shard as usize).div_ceil(64) * 8);
         assert!(s.arena_off >= s.links_off + 4 * g.chunks_per_shard as usize);

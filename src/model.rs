@@ -128,10 +128,12 @@ impl Model {
         let need = self.need(key.len(), value.len());
         let evicted = match pos {
             Some(i) => {
-                // An entry that fits one chunk both before and after is rewritten in place;
-                // any other overwrite takes its new chunks while the old ones are held.
+                // An entry that keeps its chunk count, within what the undo area saves, is
+                // rewritten in place; any other overwrite takes its new chunks while the
+                // old ones are held.
                 let old = &self.entries[i];
-                let ev = if need == 1 && self.need(old.key.len(), old.value.len()) == 1 {
+                let same = need == self.need(old.key.len(), old.value.len());
+                let ev = if same && need <= crate::layout::undo_chunks(self.chunk_size) {
                     0
                 } else {
                     self.make_room(need, false, Some(key))

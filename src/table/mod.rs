@@ -55,8 +55,8 @@ fn corrupt<T>(what: &'static str) -> TResult<T> {
     Err(TableError::Corrupt(what))
 }
 
-/// The undo area: a check word naming the chunk saved, then the saved head chunk (its
-/// record included).
+/// The undo area: a check word naming the entry saved, then its saved chunks (record
+/// included), in chain order.
 const UNDO_HEAD: usize = crate::layout::UNDO_EXTRA;
 
 /// The 64-bit key hash shared by every process attached to a segment.
@@ -161,7 +161,7 @@ pub struct RepairReport {
 pub struct ShardView<'a> {
     /// Counters and list heads.
     pub meta: &'a mut ShardMeta,
-    /// The old head chunk of an entry being overwritten in place.
+    /// The old chunks of an entry being overwritten in place.
     undo: &'a mut [u8],
     /// Hash buckets: the first entry of each chain, or [`NIL`].
     buckets: &'a mut [u32],
@@ -214,7 +214,7 @@ impl<'a> ShardView<'a> {
         }
         Ok(ShardView {
             meta,
-            undo: &mut undo_b[..crate::layout::UNDO_EXTRA + cs],
+            undo: &mut undo_b[..UNDO_HEAD + crate::layout::undo_chunks(cs) * cs],
             buckets,
             heads,
             links,

@@ -118,8 +118,8 @@ impl ShardView<'_> {
         };
         let old = found.map(|(_, r)| r);
         if let Some(o) = old {
-            if need == 1 && self.chunks_of(self.rec(o)?) == 1 {
-                return self.overwrite_small(o, key, value, expires_at);
+            if self.chunks_of(self.rec(o)?) == need && need as usize <= self.undo_chunks() {
+                return self.overwrite_in_place(o, need, key, value, expires_at);
             }
         }
         // Every other write goes out of place into fresh chunks and commits with one store:
@@ -174,37 +174,48 @@ impl ShardView<'_> {
         Ok(Stored::Written { evicted })
     }
 
-    /// Overwrites entry `o`, whose old and new bytes both fit its head chunk, in place.
-    /// Crash-atomic through the undo area: the old head chunk (record included) is copied
-    /// there and `meta.undo` set before anything changes, and `meta.undo` cleared once the
-    /// new entry is whole; repair puts a saved copy back.
-    pub(super) fn overwrite_small(
+    /// Chunks the undo area can save.
+    #[inline]
+    pub(super) fn undo_chunks(&self) -> usize {
+        (self.undo.len() - UNDO_HEAD) / self.chunk_size
+    }
+
+    /// Overwrites entry `o`, whose old and new bytes both take `n` chunks (at most what the
+    /// undo area holds), in place. Crash-atomic through the undo area: the old chunks
+    /// (record included) are copied there and `meta.undo` set before anything changes, and
+    /// `meta.undo` cleared once the new entry is whole; repair puts a saved copy back.
+    pub(super) fn overwrite_in_place(
         &mut self,
         o: u32,
+        n: u32,
         key: &[u8],
         value: &[u8],
         expires_at: u64,
     ) -> TResult<Stored> {
         let old = *self.rec(o)?;
         let cs = self.chunk_size;
-        let head = o as usize * cs;
-        let saved = self
-            .arena
-            .get(head..head + cs)
-            .ok_or(TableError::Corrupt("entry index out of range"))?;
-        self.undo[UNDO_HEAD..UNDO_HEAD + cs].copy_from_slice(saved);
+        let mut c = o;
+        for k in 0..n as usize {
+            let start = c as usize * cs;
+            let src = self
+                .arena
+                .get(start..start + cs)
+                .ok_or(TableError::Corrupt("chunk index out of range"))?;
+            let at = UNDO_HEAD + k * cs;
+            self.undo[at..at + cs].copy_from_slice(src);
+            if k + 1 < n as usize {
+                c = self.next_chunk(c)?;
+            }
+        }
         let check = self.undo_check(o);
         self.undo[..UNDO_HEAD].copy_from_slice(&check.to_ne_bytes());
         self.meta.undo = o;
         crate::fault::hit(crate::fault::FaultPoint::StoreMidWrite);
-        let at = head + REC_LEN;
-        self.arena[at..at + key.len()].copy_from_slice(key);
-        let at = at + key.len();
-        self.arena[at..at + value.len()].copy_from_slice(value);
+        // The key is the same; only the value and its checksum change.
+        self.write_at(o, key.len(), value)?;
         if self.trailer != 0 {
-            let at = at + value.len();
             let sum = entry_checksum(self.seed, key, value).to_le_bytes();
-            self.arena[at..at + CHECKSUM_LEN].copy_from_slice(&sum);
+            self.write_at(o, key.len() + value.len(), &sum)?;
         }
         let x = self.rec_mut(o)?;
         x.value_len = value.len() as u32;

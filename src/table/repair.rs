@@ -113,14 +113,26 @@ impl ShardView<'_> {
                 self.rec_mut(old)?.state = REC_FREE;
             }
         }
-        // An in-place overwrite caught before it finished: put the saved head chunk back.
+        // An in-place overwrite caught before it finished: put the saved chunks back.
         // The copy is used only if its check word says it was saved for this very entry.
         let undo = std::mem::replace(&mut self.meta.undo, NIL);
         let saved = u64::from_ne_bytes(self.undo[..UNDO_HEAD].try_into().unwrap_or([0; 8]));
         if undo < n && saved != 0 && saved == self.undo_check(undo) {
+            // The saved record says how many chunks were saved; the chain's links did not
+            // change, so the copy goes back along them.
+            let rec: Record =
+                bytemuck::pod_read_unaligned(&self.undo[UNDO_HEAD..UNDO_HEAD + REC_LEN]);
+            let k = self.chunks_of(&rec) as usize;
             let cs = self.chunk_size;
-            let head = undo as usize * cs;
-            self.arena[head..head + cs].copy_from_slice(&self.undo[UNDO_HEAD..UNDO_HEAD + cs]);
+            let mut c = undo;
+            for j in 0..k.min(self.undo_chunks()) {
+                let (at, from) = (c as usize * cs, UNDO_HEAD + j * cs);
+                self.arena[at..at + cs].copy_from_slice(&self.undo[from..from + cs]);
+                match self.links[c as usize] {
+                    next if next < n => c = next,
+                    _ => break,
+                }
+            }
         }
         self.undo[..UNDO_HEAD].fill(0);
         let mut report = RepairReport::default();
