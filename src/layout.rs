@@ -220,13 +220,13 @@ pub struct ShardMeta {
     pub deletes: u64,
     /// Live entries with a deadline: while zero, stores skip the expiry sweep.
     pub expiring: u32,
-    /// While an overwrite is under way: the record being replaced, else [`NIL`].
+    /// While an overwrite is under way: the entry being replaced, else [`NIL`].
     pub replacing: u32,
-    /// While an overwrite is under way: the record replacing it, else [`NIL`]. Once that
+    /// While an overwrite is under way: the entry replacing it, else [`NIL`]. Once its
     /// record is `REC_LIVE` the overwrite has committed, and repair drops `replacing`.
     pub replacement: u32,
-    /// While a small entry is overwritten in place: the record whose old bytes (record and
-    /// head chunk) the undo area holds, else [`NIL`]. Repair puts them back.
+    /// While an entry is overwritten in place: the entry whose old chunks (record
+    /// included) the undo area holds, else [`NIL`]. Repair puts them back.
     pub undo: u32,
     /// Entries dropped because their checksum did not match (checksums on).
     pub checksum_failures: u64,
@@ -259,7 +259,7 @@ pub struct Record {
 
 /// Bytes of an entry's [`Record`] at the start of its head chunk.
 pub const REC_LEN: usize = size_of::<Record>();
-/// Record slot not in use.
+/// Record of no entry (a freed entry's head chunk).
 pub const REC_FREE: u16 = 0;
 /// Record holds a complete entry.
 pub const REC_LIVE: u16 = 1;

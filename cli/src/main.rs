@@ -56,10 +56,11 @@ enum Cmd {
     /// Create a segment (fails if it exists).
     Create {
         name: String,
-        /// Key+value capacity, e.g. 64MiB.
+        /// Space budget of the shards (entries, records, index), e.g. 64MiB; the segment
+        /// adds a fixed ~77 KiB for the header, coordination table and memo stats.
         #[arg(long, default_value = "64MiB", value_parser = parse_size)]
         capacity: u64,
-        /// Most entries (default: one per 256 bytes of capacity).
+        /// Most entries (default: as many as fit in the capacity).
         #[arg(long)]
         max_entries: Option<u64>,
         /// Number of shards.
@@ -195,6 +196,7 @@ fn shard_json(s: &ShardStats) -> Value {
         "expirations": s.expirations, "deletes": s.deletes, "recoveries": s.recoveries,
         "entries": s.entries, "entry_capacity": s.entry_capacity, "bytes_used": s.bytes_used,
         "arena_used": s.arena_used, "arena_capacity": s.arena_capacity,
+        "metadata_bytes": s.metadata_bytes,
         "checksum_failures": s.checksum_failures,
     })
 }
@@ -479,7 +481,7 @@ fn info(name: &str) -> Result<Output, Error> {
         format!(
             "{} / {} (chunk {}B)",
             fmt_bytes(s.total.arena_used),
-            fmt_bytes(i.capacity_bytes),
+            fmt_bytes(s.total.arena_capacity),
             i.chunk_size
         ),
     );
@@ -513,6 +515,7 @@ fn info(name: &str) -> Result<Output, Error> {
             "name": i.name, "layout_version": i.layout_version,
             "segment_bytes": i.segment_bytes, "shards": i.shards,
             "max_entries": i.max_entries, "capacity_bytes": i.capacity_bytes,
+            "fixed_overhead_bytes": i.fixed_overhead_bytes,
             "chunk_size": i.chunk_size, "max_key_len": i.max_key_len,
             "max_value_len": i.max_value_len,
             "default_ttl_ms": i.default_ttl.map(|d| d.as_millis() as u64),
