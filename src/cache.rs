@@ -183,6 +183,9 @@ impl Options {
         if self.shards == 0 {
             return Err(bad("shards must be at least 1".into()));
         }
+        if self.max_entries == Some(0) {
+            return Err(bad("max_entries must be at least 1".into()));
+        }
         let shards = self.shards as u64;
         let cs = self.chunk_size;
         if cs % 8 != 0 || !(crate::layout::MIN_CHUNK..=crate::layout::MAX_CHUNK).contains(&cs) {

@@ -189,6 +189,7 @@ fn bad_options_are_clear_errors() {
         Options::new().shards(0),
         Options::new().chunk_size(100),
         Options::new().chunk_size(40),
+        Options::new().max_entries(0),
         Options::new().capacity_bytes(1024).shards(64),
         Options::new().lock_timeout(Duration::ZERO),
         Options::new().default_ttl(Some(Duration::ZERO)),

@@ -456,6 +456,42 @@ mod tests {
     }
 
     #[test]
+    fn repair_puts_back_an_in_place_overwrite_caught_mid_way() {
+        let g = small_geometry();
+        let mut s = HeapShard::new(g);
+        let k = [7u8; 20];
+        let mut v = s.view();
+        set(&mut v, &g, &k, &[1; 100], 0, 1); // 32 + 120 bytes: 4 chunks of 48
+        let (_, r) = v.find(&k, h(&g, &k)).unwrap().unwrap();
+        let n = v.chunks_of(v.rec(r).unwrap());
+        assert!(n > 1 && n as usize <= v.undo_chunks());
+        // What `overwrite_in_place` does before its commit: save the chain, name it, then
+        // write part of the new value over it.
+        let cs = v.chunk_size;
+        let mut c = r;
+        for j in 0..n as usize {
+            let at = UNDO_HEAD + j * cs;
+            v.undo[at..at + cs].copy_from_slice(&v.arena[c as usize * cs..(c as usize + 1) * cs]);
+            c = v.links[c as usize];
+        }
+        let check = v.undo_check(r).to_ne_bytes();
+        v.undo[..UNDO_HEAD].copy_from_slice(&check);
+        v.meta.undo = r;
+        v.meta.dirty = 1;
+        v.write_at(r, k.len(), &[2; 70]).unwrap();
+        v.rec_mut(r).unwrap().value_len = 5;
+        let rep = v.repair();
+        assert_eq!((rep.kept, rep.dropped, rep.cleared), (1, 0, false));
+        v.validate().unwrap();
+        assert_eq!(get(&mut v, &g, &k, 1), Some(vec![1; 100]));
+        // Committed (the check word zeroed, `meta.undo` reset): the new value stays.
+        set(&mut v, &g, &k, &[3; 100], 0, 1);
+        v.meta.undo = r;
+        v.repair();
+        assert_eq!(get(&mut v, &g, &k, 1), Some(vec![3; 100]));
+    }
+
+    #[test]
     fn repair_survives_arbitrary_garbage() {
         let g = small_geometry();
         let seeds = if cfg!(miri) { 8 } else { 200u64 };
