@@ -8,6 +8,7 @@ use crate::name::validate_name;
 use crate::sys::fork;
 use crate::sys::robust::LockError;
 use crate::sys::segment::{OpenMode, OpenParams, Segment};
+use crate::namespace::{KeyBytes, Routed};
 use crate::table::{
     key_hash, CheckScratch, Deadline, Incr, Now, RepairReport, ShardView, StoreMode, Stored,
     TableError,
@@ -79,13 +80,14 @@ impl Options {
     /// The space budget: the bytes of all shards together (entries, their records, the
     /// index and the chunk links), split evenly across shards. The segment is this plus a
     /// fixed overhead that does not grow with it: 512 bytes of header, the coordination
-    /// table (68 bytes per [`coord_slots`](Self::coord_slots) slot plus 64) and 8 KiB of memo
-    /// statistics, about 77 KiB with the defaults ([`Info::fixed_overhead_bytes`]).
+    /// table (68 bytes per [`coord_slots`](Self::coord_slots) slot plus 64), 8 KiB of memo
+    /// statistics and 33 KiB of namespace table, about 110 KiB with the defaults
+    /// ([`Info::fixed_overhead_bytes`]).
     ///
     /// Nothing is reserved per entry: an entry takes its 32-byte record and its key and
     /// value bytes, rounded up to whole chunks, so the budget holds as many entries as
     /// their sizes allow. With default options and 16-byte keys, after churn, 56 % of it
-    /// holds live key and value bytes with 100 B values, 89 % with 1 KiB values and 90 %
+    /// holds live key and value bytes with 100 B values, 88 % with 1 KiB values and 89 %
     /// with values of 1 B to 4 KiB (`cargo run --release --example fill`).
     pub fn capacity_bytes(mut self, bytes: u64) -> Self {
         self.capacity_bytes = bytes;
@@ -205,7 +207,9 @@ impl Options {
         let trailer = if self.checksums { 8 } else { 0 };
         // The longest entry must fit twice in a shard (see `Geometry::new`).
         let room = (chunks as u64 / 2) * cs as u64;
-        let longest = room.saturating_sub(crate::layout::REC_LEN as u64 + trailer);
+        let longest = room.saturating_sub(
+            (crate::layout::REC_LEN + crate::layout::TAG_LEN) as u64 + trailer,
+        );
         let max_value = match self.max_value_len {
             Some(v) => v,
             None => longest.saturating_sub(self.max_key_len as u64).min(1 << 20) as u32,
@@ -392,6 +396,11 @@ pub struct ShardStats {
     pub arena_capacity: u64,
     /// Entries dropped on read because their checksum did not match (`Options::checksums`).
     pub checksum_failures: u64,
+    /// Of `entries`, those that belong to a namespace other than the default one (or to
+    /// the default one after it was invalidated).
+    pub namespaced: u64,
+    /// Entries reclaimed because their namespace was cleared or invalidated.
+    pub invalidated: u64,
 }
 
 impl ShardStats {
@@ -415,6 +424,8 @@ impl ShardStats {
                 + g.buckets as u64 * 4,
             arena_capacity: g.arena_bytes(),
             checksum_failures: m.checksum_failures,
+            namespaced: m.tagged as u64,
+            invalidated: m.invalidated,
         }
     }
 
@@ -426,6 +437,8 @@ impl ShardStats {
         self.expirations += o.expirations;
         self.deletes += o.deletes;
         self.checksum_failures += o.checksum_failures;
+        self.namespaced += o.namespaced;
+        self.invalidated += o.invalidated;
         self.recoveries += o.recoveries;
         self.entries += o.entries;
         self.entry_capacity += o.entry_capacity;
@@ -518,7 +531,7 @@ pub struct Info {
     pub creator_pid: u32,
     /// Bytes of the segment outside the shards, not counted in `capacity_bytes`: the
     /// header and its backup (512), the coordination table (68 bytes per slot plus 64)
-    /// and the memo statistics (8 KiB).
+    /// the memo statistics (8 KiB) and the namespace table (33 KiB).
     pub fixed_overhead_bytes: u64,
     /// Coordination slots (single-flight markers, locks, pool slots held at one time).
     pub coord_slots: u32,
@@ -542,12 +555,16 @@ pub struct Info {
 /// # Ok::<(), shmemcache::Error>(())
 /// ```
 pub struct Cache {
-    pub(crate) seg: Segment,
+    pub(crate) seg: std::sync::Arc<Segment>,
     pub(crate) geom: Geometry,
     pub(crate) lock_timeout: Duration,
     pub(crate) liveness_interval: Duration,
     adopted: Vec<String>,
     fork_generation: u64,
+    /// The namespace this handle addresses: a slot of the namespace table, 0 = default.
+    pub(crate) ns: usize,
+    /// The generation this handle routes keys under, if fixed (a computation under way).
+    pub(crate) pin: Option<u64>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -561,7 +578,7 @@ impl std::fmt::Debug for Cache {
 }
 
 /// Entries examined per lock hold by scans (keys, flush_expired).
-const SCAN_BATCH: u32 = 256;
+pub(crate) const SCAN_BATCH: u32 = 256;
 
 impl Cache {
     fn from_segment(
@@ -572,13 +589,43 @@ impl Cache {
     ) -> Cache {
         let geom = *seg.geometry();
         Cache {
-            seg,
+            seg: std::sync::Arc::new(seg),
+            ns: 0,
+            pin: None,
             geom,
             lock_timeout,
             liveness_interval,
             adopted,
             fork_generation: fork::generation(),
         }
+    }
+
+    /// Another handle on the same mapping and namespace (no new mapping, no syscall).
+    pub(crate) fn clone_handle(&self) -> Cache {
+        Cache {
+            seg: std::sync::Arc::clone(&self.seg),
+            geom: self.geom,
+            lock_timeout: self.lock_timeout,
+            liveness_interval: self.liveness_interval,
+            adopted: Vec::new(),
+            fork_generation: self.fork_generation,
+            ns: self.ns,
+            pin: self.pin,
+        }
+    }
+
+    /// This handle, with keys routed under the namespace's current generation from now
+    /// on, whatever invalidations follow.
+    pub(crate) fn pinned(&self) -> Cache {
+        let mut c = self.clone_handle();
+        c.pin = Some(self.route_generation());
+        c
+    }
+
+    /// The generation keys are routed under: the pinned one, else the current one.
+    #[inline]
+    pub(crate) fn route_generation(&self) -> u64 {
+        self.pin.unwrap_or_else(|| self.generation())
     }
 
     /// Joins `name`, creating it with default [`Options`] if missing.
@@ -658,7 +705,7 @@ impl Cache {
     /// Runs `op` on shard `shard` under its lock. Repairs first if the previous holder died
     /// or left the shard dirty; repairs and retries once if `op` finds damage.
     #[inline]
-    fn with_shard<R>(
+    pub(crate) fn with_shard<R>(
         &self,
         shard: usize,
         mut op: impl FnMut(&mut ShardView) -> Result<R, TableError>,
@@ -670,7 +717,7 @@ impl Cache {
         let died = guard.owner_died();
         let region = guard.region();
         let mut view = match ShardView::new(region, &self.geom) {
-            Ok(v) => v,
+            Ok(v) => v.with_generations(self.seg.ns_gens()),
             Err(e) => return Err(self.corrupted(e)),
         };
         if died || view.meta.dirty != 0 {
@@ -751,15 +798,34 @@ impl Cache {
         }
     }
 
+    /// Routes `key` of this handle's namespace, under its current generation.
     #[inline(always)]
-    fn locate(&self, key: &[u8]) -> Result<(usize, u32)> {
+    pub(crate) fn route<'k>(&self, key: &'k [u8]) -> Result<Routed<'k>> {
+        self.route_at(key, self.route_generation())
+    }
+
+    /// Routes `key` of this handle's namespace as written under generation `gen`: the
+    /// default namespace's generation 0 stores keys as they are, every other one prefixes
+    /// them with its tag.
+    #[inline(always)]
+    pub(crate) fn route_at<'k>(&self, key: &'k [u8], gen: u64) -> Result<Routed<'k>> {
         if key.len() > self.geom.max_key_len as usize {
             return Err(self.key_too_large(key.len()));
         }
-        let h = key_hash(self.geom.hash_seed, key);
+        let bytes = if self.ns == 0 && gen == 0 {
+            KeyBytes::Borrowed(key)
+        } else {
+            KeyBytes::tagged(self.ns as u32, gen, key)
+        };
+        let h = key_hash(self.geom.hash_seed, bytes.get());
         let shard = self.geom.shard_of(h);
         self.seg.prefetch_index(shard, h as u32);
-        Ok((shard, h as u32))
+        Ok(Routed {
+            tagged: !matches!(bytes, KeyBytes::Borrowed(_)),
+            bytes,
+            shard,
+            hash: h as u32,
+        })
     }
 
     #[cold]
@@ -772,7 +838,7 @@ impl Cache {
 
     /// Rejects keys over the segment's limit.
     pub(crate) fn check_key(&self, key: &[u8]) -> Result<()> {
-        self.locate(key).map(|_| ())
+        self.route(key).map(|_| ())
     }
 
     fn check_value(&self, value: &[u8]) -> Result<()> {
@@ -810,10 +876,16 @@ impl Cache {
     /// [`get`](Self::get), counted in the hit/miss statistics only if `counted`.
     #[inline]
     pub(crate) fn get_as(&self, key: &[u8], counted: bool) -> Result<Option<Vec<u8>>> {
-        let (shard, h) = self.locate(key)?;
-        self.with_shard(shard, |v| {
+        let k = self.route(key)?;
+        self.get_routed(&k, counted)
+    }
+
+    /// [`get_as`](Self::get_as) of a key already routed.
+    #[inline]
+    pub(crate) fn get_routed(&self, k: &Routed, counted: bool) -> Result<Option<Vec<u8>>> {
+        let res = self.with_shard(k.shard, |v| {
             let mut now = Now::lazy(monotonic_ns);
-            match v.lookup_as(key, h, &mut now, counted)? {
+            match v.lookup_as(k.key(), &mut now, counted)? {
                 Some(r) => {
                     let mut out = Vec::new();
                     v.read_value(r, &mut out)?;
@@ -821,16 +893,27 @@ impl Cache {
                 }
                 None => Ok(None),
             }
-        })
+        })?;
+        if counted {
+            self.ns_hit(res.is_some());
+        }
+        Ok(res)
+    }
+
+    /// Counts a get of a named namespace.
+    #[inline]
+    fn ns_hit(&self, hit: bool) {
+        use crate::layout::ns_word::{HITS, MISSES};
+        self.ns_count(if hit { HITS } else { MISSES });
     }
 
     /// Copies the value of `key` into `buf` without allocating; returns its length.
     /// A value longer than `buf` gives `Error::BufferTooSmall` (with the length needed).
     pub fn get_into(&self, key: &[u8], buf: &mut [u8]) -> Result<Option<usize>> {
-        let (shard, h) = self.locate(key)?;
-        let res = self.with_shard(shard, |v| {
+        let k = self.route(key)?;
+        let res = self.with_shard(k.shard, |v| {
             let mut now = Now::lazy(monotonic_ns);
-            match v.lookup(key, h, &mut now)? {
+            match v.lookup(k.key(), &mut now)? {
                 Some(r) => {
                     let len = v.value_len(r)?;
                     if len <= buf.len() {
@@ -841,6 +924,7 @@ impl Cache {
                 None => Ok(None),
             }
         })?;
+        self.ns_hit(res.is_some());
         match res {
             Some(len) if len > buf.len() => Err(Error::BufferTooSmall {
                 needed: len,
@@ -852,17 +936,17 @@ impl Cache {
 
     /// True if `key` is present and unexpired. Does not change recency or hit counters.
     pub fn contains(&self, key: &[u8]) -> Result<bool> {
-        let (shard, h) = self.locate(key)?;
-        self.with_shard(shard, |v| v.contains(key, h, &mut Now::lazy(monotonic_ns)))
+        let k = self.route(key)?;
+        self.with_shard(k.shard, |v| v.contains(k.key(), &mut Now::lazy(monotonic_ns)))
     }
 
     /// Remaining lifetime of `key`, or `None` if absent.
     pub fn ttl(&self, key: &[u8]) -> Result<Option<Expiry>> {
-        let (shard, h) = self.locate(key)?;
+        let k = self.route(key)?;
         let mut now = 0;
-        let at = self.with_shard(shard, |v| {
+        let at = self.with_shard(k.shard, |v| {
             let mut n = Now::lazy(monotonic_ns);
-            let at = v.deadline(key, h, &mut n)?;
+            let at = v.deadline(k.key(), &mut n)?;
             now = n.get();
             Ok(at)
         })?;
@@ -875,18 +959,32 @@ impl Cache {
     // ----- writes -------------------------------------------------------------------------
 
     fn store(&self, key: &[u8], value: &[u8], deadline: u64, mode: StoreMode) -> Result<Stored> {
-        let (shard, h) = self.locate(key)?;
+        let k = self.route(key)?;
+        self.store_routed(&k, value, deadline, mode)
+    }
+
+    /// Stores under a key already routed (and so under the generation it was routed at).
+    pub(crate) fn store_routed(
+        &self,
+        k: &Routed,
+        value: &[u8],
+        deadline: u64,
+        mode: StoreMode,
+    ) -> Result<Stored> {
         self.check_value(value)?;
-        self.with_shard(shard, |v| {
+        let s = self.with_shard(k.shard, |v| {
             v.store(
-                key,
-                h,
+                k.key(),
                 value,
                 Deadline::At(deadline),
                 mode,
                 &mut Now::lazy(monotonic_ns),
             )
-        })
+        })?;
+        if matches!(s, Stored::Written { .. }) {
+            self.ns_count(crate::layout::ns_word::SETS);
+        }
+        Ok(s)
     }
 
     fn written(s: Stored) -> Option<SetOutcome> {
@@ -939,36 +1037,36 @@ impl Cache {
 
     /// Removes `key` and returns its value.
     pub fn take(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let (shard, h) = self.locate(key)?;
-        self.with_shard(shard, |v| {
+        let k = self.route(key)?;
+        self.with_shard(k.shard, |v| {
             let mut out = Vec::new();
-            Ok(v.take(key, h, &mut Now::lazy(monotonic_ns), &mut out)?
+            Ok(v.take(k.key(), &mut Now::lazy(monotonic_ns), &mut out)?
                 .then_some(out))
         })
     }
 
     /// Removes `key`; true if it was present.
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
-        let (shard, h) = self.locate(key)?;
-        self.with_shard(shard, |v| v.remove(key, h, &mut Now::lazy(monotonic_ns)))
+        let k = self.route(key)?;
+        self.with_shard(k.shard, |v| v.remove(k.key(), &mut Now::lazy(monotonic_ns)))
     }
 
     /// Changes the TTL of `key` (`None`: never expires); false if absent.
     pub fn expire(&self, key: &[u8], ttl: Option<Duration>) -> Result<bool> {
-        let (shard, h) = self.locate(key)?;
+        let k = self.route(key)?;
         let at = self.deadline(ttl)?;
-        self.with_shard(shard, |v| {
-            v.set_deadline(key, h, at, &mut Now::lazy(monotonic_ns))
+        self.with_shard(k.shard, |v| {
+            v.set_deadline(k.key(), at, &mut Now::lazy(monotonic_ns))
         })
     }
 
     /// Atomically adds `delta` to the decimal integer at `key` and returns the result. A
     /// missing key counts as 0 and gets the default TTL; an existing key keeps its deadline.
     pub fn incr(&self, key: &[u8], delta: i64) -> Result<i64> {
-        let (shard, h) = self.locate(key)?;
+        let k = self.route(key)?;
         let d = self.default_deadline();
-        match self.with_shard(shard, |v| {
-            v.incr(key, h, delta, d, &mut Now::lazy(monotonic_ns))
+        match self.with_shard(k.shard, |v| {
+            v.incr(k.key(), delta, d, &mut Now::lazy(monotonic_ns))
         })? {
             Incr::Value(n) => Ok(n),
             Incr::NotInteger => Err(Error::NotAnInteger),
@@ -983,8 +1081,19 @@ impl Cache {
 
     // ----- whole-cache operations ---------------------------------------------------------
 
-    /// Removes every entry; returns how many there were.
+    /// On the cache's default handle: removes every entry of every namespace; returns how
+    /// many there were.
+    ///
+    /// On a [`namespace`](Self::namespace) handle: bumps the namespace's generation (O(1),
+    /// seen by every process at once), so all of its entries are absent from then on and
+    /// are reclaimed by the sweeps later; returns 0, since nothing is counted. Unlike
+    /// [`invalidate`](Self::invalidate), it does not reach dependent namespaces.
     pub fn clear(&self) -> Result<u64> {
+        if self.ns != 0 {
+            let ns = self.ns;
+            self.with_coord(|_| self.ns_bump(ns))?;
+            return Ok(0);
+        }
         let mut n = 0;
         for s in 0..self.geom.shard_count as usize {
             n += self.with_shard(s, |v| Ok(v.clear()))? as u64;
@@ -992,9 +1101,15 @@ impl Cache {
         Ok(n)
     }
 
-    /// Entries held (expired ones not yet reclaimed included; see `flush_expired`).
+    /// Entries held in this handle's namespace. For the default namespace (never
+    /// invalidated) that is a sum of per-shard counters, expired entries not yet reclaimed
+    /// included (see `flush_expired`); for any other, a scan that counts live entries.
     pub fn len(&self) -> Result<u64> {
-        Ok(self.stats()?.total.entries)
+        if self.ns == 0 && self.generation() == 0 {
+            let t = self.stats()?.total;
+            return Ok(t.entries - t.namespaced);
+        }
+        Ok(self.ns_scan_count()?.0)
     }
 
     /// True when no entries are held.
@@ -1036,6 +1151,10 @@ impl Cache {
     pub fn keys(&self) -> Keys<'_> {
         Keys {
             cache: self,
+            tag: self.with_scope(|s| match s {
+                crate::table::Scope::Plain => None,
+                crate::table::Scope::Tag(t) => Some(*t),
+            }),
             shard: 0,
             cursor: Some(0),
             buf: VecDeque::new(),
@@ -1127,6 +1246,8 @@ impl Cache {
 /// Iterator over keys; see [`Cache::keys`].
 pub struct Keys<'a> {
     cache: &'a Cache,
+    /// The namespace tag of the keys listed (`None`: untagged keys).
+    tag: Option<[u8; crate::layout::TAG_LEN]>,
     shard: usize,
     cursor: Option<u32>,
     buf: VecDeque<Vec<u8>>,
@@ -1151,10 +1272,15 @@ impl Iterator for Keys<'_> {
             let mut out = Vec::new();
             let res = self.cache.with_shard(self.shard, |v| {
                 out.clear();
+                let scope = match &self.tag {
+                    None => crate::table::Scope::Plain,
+                    Some(t) => crate::table::Scope::Tag(t),
+                };
                 v.keys_from(
                     start,
                     SCAN_BATCH as usize,
                     &mut Now::lazy(monotonic_ns),
+                    scope,
                     &mut out,
                 )
             });

@@ -40,7 +40,7 @@ pub const MAX_SHARDS: u32 = 4096;
 /// Upper bound on chunks in one shard (indices must stay below [`NIL`] and the mark bit).
 pub const MAX_CHUNKS_PER_SHARD: u32 = 1 << 30;
 /// Keys are stored with a 16-bit length.
-pub const MAX_KEY_LEN: u32 = u16::MAX as u32;
+pub const MAX_KEY_LEN: u32 = u16::MAX as u32 - TAG_LEN as u32;
 /// Smallest and largest chunk size accepted (multiples of 8): a chunk must hold an
 /// entry's 32-byte [`Record`] and some of its bytes.
 pub const MIN_CHUNK: u32 = 48;
@@ -194,8 +194,8 @@ pub struct ShardMeta {
     pub lru_head: u32,
     /// Least recently used entry, or [`NIL`].
     pub lru_tail: u32,
-    /// Reserved; zero.
-    pub _reserved0: u32,
+    /// Live entries that belong to a namespace ([`REC_TAGGED`]).
+    pub tagged: u32,
     /// First free chunk, linked through the chunk-link array.
     pub free_chunk_head: u32,
     /// Length of the free chunk list.
@@ -230,8 +230,8 @@ pub struct ShardMeta {
     pub undo: u32,
     /// Entries dropped because their checksum did not match (checksums on).
     pub checksum_failures: u64,
-    /// Reserved; zero.
-    pub _reserved: [u64; 1],
+    /// Entries reclaimed because their namespace was invalidated after they were written.
+    pub invalidated: u64,
 }
 
 /// One entry's metadata, at the start of its head chunk (an entry is named by the index
@@ -259,6 +259,20 @@ pub struct Record {
 
 /// Bytes of an entry's [`Record`] at the start of its head chunk.
 pub const REC_LEN: usize = size_of::<Record>();
+impl Record {
+    /// Whether the entry belongs to a namespace ([`REC_TAGGED`]).
+    #[inline]
+    pub fn tagged(&self) -> bool {
+        self.state & REC_TAGGED != 0
+    }
+
+    /// The state with `s` as its value, keeping the tag.
+    #[inline]
+    pub fn with_state(&self, s: u16) -> u16 {
+        (self.state & REC_TAGGED) | s
+    }
+}
+
 /// Record of no entry (a freed entry's head chunk).
 pub const REC_FREE: u16 = 0;
 /// Record holds a complete entry.
@@ -269,6 +283,11 @@ pub const REC_WRITING: u16 = 2;
 pub const REC_STATE_MASK: u16 = 0x00ff;
 /// Transient flag used by repair while re-threading the LRU list.
 pub const REC_VISITED: u16 = 0x0100;
+/// The entry belongs to a namespace: its key bytes start with the namespace's index (u32
+/// LE) and the generation it was written under (u64 LE), [`TAG_LEN`] bytes in all.
+pub const REC_TAGGED: u16 = 0x0200;
+/// Bytes of the namespace tag that starts a tagged entry's key.
+pub const TAG_LEN: usize = 12;
 /// Mark bit in a chunk link, used by repair and validation only.
 pub const CHUNK_MARK: u32 = 1 << 31;
 
@@ -450,6 +469,35 @@ pub mod memo_stat {
     pub const REJECTED: usize = 8;
 }
 
+/// Namespaces a segment holds, the default one (slot 0) included.
+pub const NS_SLOTS: usize = 128;
+/// 64-bit words per namespace slot (256 bytes). Every word is accessed atomically.
+pub const NS_WORDS: usize = 32;
+/// Longest namespace name, in bytes.
+pub const NS_NAME_MAX: usize = 48;
+/// Bytes of the namespace table: the generations, then the slots.
+pub const NS_TABLE_BYTES: usize = NS_SLOTS * 8 + NS_SLOTS * NS_WORDS * 8;
+
+/// Word indices inside a namespace slot.
+pub mod ns_word {
+    /// 0: free; else 1 | name length << 8.
+    pub const STATE: usize = 0;
+    /// The last generation handed out (bumps and staged loads take the next one).
+    pub const LAST_GEN: usize = 1;
+    /// Up to 8 namespaces this one depends on, one byte each: slot + 1, 0 = none.
+    pub const PARENTS: usize = 2;
+    /// Hits of gets in this namespace.
+    pub const HITS: usize = 3;
+    /// Misses of gets in this namespace.
+    pub const MISSES: usize = 4;
+    /// Values written in this namespace.
+    pub const SETS: usize = 5;
+    /// Generation bumps (clear, invalidate, a replacing load).
+    pub const INVALIDATIONS: usize = 6;
+    /// The name, little-endian in six words. Words 14 to 31 are reserved (zero).
+    pub const NAME: usize = 8;
+}
+
 /// Default number of coordination slots.
 pub const DEFAULT_COORD_SLOTS: u32 = 1024;
 /// Upper bound on coordination slots.
@@ -487,6 +535,9 @@ pub struct Geometry {
     /// Offset of the memo statistics table ([`MEMO_STAT_SLOTS`] slots of
     /// [`MEMO_STAT_WORDS`] words), after the coordination area.
     pub memo_stats_offset: usize,
+    /// Offset of the namespace table: [`NS_SLOTS`] generations, then [`NS_SLOTS`] slots of
+    /// [`NS_WORDS`] words, after the memo statistics.
+    pub ns_offset: usize,
     /// Required segment size.
     pub total_size: usize,
 }
@@ -633,6 +684,7 @@ impl Geometry {
                 region_len: 0,
             },
             memo_stats_offset: 0,
+            ns_offset: 0,
             total_size: to_usize(total)?,
         };
         g.check_longest(0)?;
@@ -642,7 +694,8 @@ impl Geometry {
     /// Checks that the longest entry, with `trailer` checksum bytes, fits twice in a shard:
     /// then evicting every other entry always frees enough for a write, old value included.
     fn check_longest(&self, trailer: u64) -> Result<(), GeometryError> {
-        let longest = self.max_key_len as u64 + self.max_value_len as u64 + trailer;
+        let longest =
+            self.max_key_len as u64 + TAG_LEN as u64 + self.max_value_len as u64 + trailer;
         let need = (REC_LEN as u64 + longest).div_ceil(self.chunk_size as u64);
         if need * 2 > self.chunks_per_shard as u64 {
             return Err(format!(
@@ -687,9 +740,11 @@ impl Geometry {
         let region_len =
             size_of::<CoordMeta>() as u64 + size_of::<CoordSlot>() as u64 * slots as u64;
         let memo_stats = align_up(region + region_len, 2 * a);
-        let total = memo_stats + (MEMO_STAT_SLOTS * MEMO_STAT_WORDS * 8) as u64;
+        let ns = align_up(memo_stats + (MEMO_STAT_SLOTS * MEMO_STAT_WORDS * 8) as u64, 2 * a);
+        let total = ns + NS_TABLE_BYTES as u64;
         let to_usize = |v: u64| usize::try_from(v).map_err(|_| "segment too large".to_string());
         self.memo_stats_offset = to_usize(memo_stats)?;
+        self.ns_offset = to_usize(ns)?;
         self.coord = CoordLayout {
             slots,
             offset: self.coord.offset,
@@ -857,23 +912,23 @@ mod tests {
         assert_eq!(c.region_len, 64 + 64 * c.slots as usize);
         assert!(g.memo_stats_offset >= c.region_offset + c.region_len);
         assert_eq!(g.memo_stats_offset % (2 * SECTION_ALIGN), 0);
-        assert_eq!(
-            g.total_size,
-            g.memo_stats_offset + MEMO_STAT_SLOTS * MEMO_STAT_WORDS * 8
-        );
+        assert!(g.ns_offset >= g.memo_stats_offset + MEMO_STAT_SLOTS * MEMO_STAT_WORDS * 8);
+        assert_eq!(g.ns_offset % (2 * SECTION_ALIGN), 0);
+        assert_eq!(g.total_size, g.ns_offset + NS_TABLE_BYTES);
         assert!(g.with_coord_slots(0).is_err());
         assert!(g.with_coord_slots(MAX_COORD_SLOTS + 1).is_err());
     }
 
     #[test]
     fn entry_limit_must_fit_twice_in_a_shard() {
-        // 32 + 100 + 300 bytes = 7 chunks of 64: twice is 14 > 10.
+        // Record, tag, key and value: 32 + 12 + 100 + 300 bytes = 7 chunks of 64: twice is
+        // 14 > 10.
         assert!(Geometry::new(1, 10, 10, 64, 100, 300, 0, 0).is_err());
         assert!(Geometry::new(1, 10, 10, 64, 20, 100, 0, 0).is_ok());
-        // Checksums add 8 bytes: 32 + 20 + 100 + 8 = 160 -> 3 chunks, 6 <= 10 still.
+        // Checksums add 8 bytes: 32 + 12 + 20 + 100 + 8 = 172 -> 3 chunks, 6 <= 10 still.
         let g = Geometry::new(1, 10, 10, 64, 20, 100, 0, 0).unwrap();
         assert!(g.with_checksums(true).is_ok());
-        let g = Geometry::new(1, 10, 10, 64, 20, 264, 0, 0).unwrap();
+        let g = Geometry::new(1, 10, 10, 64, 20, 252, 0, 0).unwrap();
         assert!(g.with_checksums(true).is_err());
     }
 

@@ -134,6 +134,7 @@ mod memo;
 #[doc(hidden)]
 pub mod model;
 mod name;
+mod namespace;
 mod sync;
 mod sys;
 mod table;
@@ -158,6 +159,7 @@ pub use error::{Error, Result, COORDINATION_LOCK};
 pub use listing::{list_segments, SegmentListing};
 pub use memo::{ComputeError, ComputeOptions, Memo, MemoStats, MemoValue, OnError, Ttl};
 pub use name::{validate_name, MAX_NAME_LEN};
+pub use namespace::{NamespaceInfo, NamespaceStats};
 pub use sync::{CoordStats, LockGuard, OnceBusy, Pool};
 pub use typed::{Codec, Postcard, Typed};
 

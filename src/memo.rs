@@ -249,6 +249,8 @@ pub(crate) struct Flight<'c> {
     key: [u64; 2],
     owner: crate::coord::Owner,
     generation: u64,
+    /// The namespace generation the computation began in: its result is stored there.
+    ns_generation: u64,
 }
 
 impl Flight<'_> {
@@ -433,6 +435,24 @@ impl Cache {
         if stale.is_none() {
             self.tally(scope, memo_stat::MISSES);
         }
+        // From here on the computation is under way: its marker and its result belong to
+        // the generation it began in, so an invalidation meanwhile hides the result.
+        let pinned = self.pinned();
+        let this = &pinned;
+        this.compute_pinned(key, scope, opts, stale, f, decode)
+    }
+
+    /// The rest of [`compute_core`](Self::compute_core), on a handle pinned to one
+    /// generation.
+    fn compute_pinned<T, E>(
+        &self,
+        key: &[u8],
+        scope: Scope,
+        opts: &ComputeOptions,
+        stale: Option<Vec<u8>>,
+        f: impl FnOnce() -> std::result::Result<(T, Option<Vec<u8>>), E>,
+        decode: impl Fn(Vec<u8>) -> Option<T>,
+    ) -> std::result::Result<(T, Source), ComputeError<E>> {
         // Only a miss or a stale hit needs the marker, so a fresh hit never hashes its key.
         let req = self.flight_request(key, scope.group);
         if let Some(p) = stale {
@@ -577,7 +597,9 @@ impl Cache {
         match f() {
             Ok(bytes) => {
                 if let Some(b) = bytes {
-                    self.memo_store(key, &b, opts, scope);
+                    let mut pinned = self.clone_handle();
+                    pinned.pin = Some(flight.ns_generation);
+                    pinned.memo_store(key, &b, opts, scope);
                 }
                 drop(flight);
             }
@@ -593,7 +615,7 @@ impl Cache {
         Request {
             kind: slot_kind::FLIGHT,
             holders: &[slot_kind::FLIGHT, slot_kind::FAILED],
-            key: self.coord_key("flight", key),
+            key: self.coord_key_at("flight", key, Some(self.route_generation())),
             group,
             capacity: 1,
             expires: None,
@@ -607,6 +629,7 @@ impl Cache {
             key,
             owner,
             generation: fork::generation(),
+            ns_generation: self.route_generation(),
         }
     }
 

@@ -67,9 +67,23 @@ pub(crate) struct Request<'a> {
 impl Cache {
     /// The 128-bit coordination key of `name` in namespace `ns`.
     pub(crate) fn coord_key(&self, ns: &str, name: &[u8]) -> [u64; 2] {
+        self.coord_key_at(ns, name, None)
+    }
+
+    /// [`coord_key`](Self::coord_key) of this handle's namespace and, for what must not
+    /// outlive an invalidation (single-flight markers), of generation `gen`.
+    pub(crate) fn coord_key_at(&self, kind: &str, name: &[u8], gen: Option<u64>) -> [u64; 2] {
         let mut h = xxhash_rust::xxh3::Xxh3::with_seed(self.geom.hash_seed);
-        h.update(ns.as_bytes());
+        h.update(kind.as_bytes());
         h.update(&[0]);
+        if self.ns == 0 && gen.is_none_or(|g| g == 0) {
+            h.update(&[0]);
+        } else {
+            // A different byte after the kind keeps these apart from every plain name.
+            h.update(&[1]);
+            h.update(&(self.ns as u32).to_le_bytes());
+            h.update(&gen.unwrap_or(0).to_le_bytes());
+        }
         h.update(name);
         let v = h.digest128();
         [v as u64, (v >> 64) as u64]

@@ -57,7 +57,8 @@ enum Cmd {
     Create {
         name: String,
         /// Space budget of the shards (entries, records, index), e.g. 64MiB; the segment
-        /// adds a fixed ~77 KiB for the header, coordination table and memo stats.
+        /// adds a fixed ~110 KiB for the header, coordination table, memo stats and
+        /// namespace table.
         #[arg(long, default_value = "64MiB", value_parser = parse_size)]
         capacity: u64,
         /// Most entries (default: as many as fit in the capacity).

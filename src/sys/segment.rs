@@ -715,6 +715,39 @@ impl Segment {
     }
 }
 
+impl Segment {
+    /// The namespace generations: word `i` is namespace slot `i`'s current generation.
+    pub fn ns_gens(&self) -> &[AtomicU64] {
+        use crate::layout::NS_SLOTS;
+        let off = self.geom.ns_offset;
+        if off + 8 * NS_SLOTS > self.map.len() {
+            return &[];
+        }
+        let p = self.map.as_mut_ptr().wrapping_add(off);
+        // SAFETY: `Geometry` places `NS_SLOTS` u64 words at `ns_offset` (128-aligned) inside
+        // `total_size`, which the mapping covers (checked above); these words are only ever
+        // accessed atomically, by every process, and `AtomicU64` has the layout of `u64`.
+        unsafe { std::slice::from_raw_parts(p.cast::<AtomicU64>(), NS_SLOTS) }
+    }
+
+    /// Word `word` of namespace slot `slot`, or `None` if either is out of range.
+    pub fn ns_word(&self, slot: usize, word: usize) -> Option<&AtomicU64> {
+        use crate::layout::{NS_SLOTS, NS_WORDS};
+        if slot >= NS_SLOTS || word >= NS_WORDS {
+            return None;
+        }
+        let off = self.geom.ns_offset + 8 * NS_SLOTS + 8 * (slot * NS_WORDS + word);
+        if off + 8 > self.map.len() {
+            return None;
+        }
+        let p = self.map.as_mut_ptr().wrapping_add(off);
+        // SAFETY: `off + 8` is inside the mapping (checked above) and 8-byte aligned (the
+        // table starts on a 128-byte boundary); these words are only ever accessed
+        // atomically, by every process, never through slices.
+        Some(unsafe { AtomicU64::from_ptr(p.cast::<u64>()) })
+    }
+}
+
 /// Exclusive access to the coordination table's guarded bytes for as long as it lives.
 pub struct CoordGuard<'a> {
     held: robust::Held<'a>,

@@ -12,16 +12,16 @@ impl ShardView<'_> {
     /// Finds `key`'s entry, live or expired: its predecessor in the bucket's chain
     /// ([`NIL`] if it is first) and the entry.
     #[inline(always)]
-    pub(super) fn find(&self, key: &[u8], h: u32) -> TResult<Option<(u32, u32)>> {
+    pub(super) fn find(&self, k: Key) -> TResult<Option<(u32, u32)>> {
         let mut prev = NIL;
-        let mut i = self.buckets[self.bucket_of(h)];
+        let mut i = self.buckets[self.bucket_of(k.hash)];
         // A chain longer than the shard has entries is a cycle.
         for _ in 0..=self.meta.len {
             if i == NIL {
                 return Ok(None);
             }
             let rec = self.rec(i)?;
-            if rec.hash == h && self.key_eq(i, rec, key)? {
+            if rec.hash == k.hash && rec.tagged() == k.tagged && self.key_eq(i, rec, k.bytes)? {
                 return Ok(Some((prev, i)));
             }
             prev = i;

@@ -24,8 +24,10 @@
 
 use crate::layout::{
     Geometry, Record, ShardMeta, CHECKSUM_LEN, CHUNK_MARK, NIL, REC_FREE, REC_LEN, REC_LIVE,
-    REC_STATE_MASK, REC_VISITED, REC_WRITING,
+    REC_STATE_MASK, REC_TAGGED, REC_VISITED, REC_WRITING,
 };
+use crate::layout::TAG_LEN;
+use std::sync::atomic::{AtomicU64, Ordering};
 use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
 
 mod chunks;
@@ -58,6 +60,30 @@ fn corrupt<T>(what: &'static str) -> TResult<T> {
 /// The undo area: a check word naming the entry saved, then its saved chunks (record
 /// included), in chain order.
 const UNDO_HEAD: usize = crate::layout::UNDO_EXTRA;
+
+/// A key as the table sees it: its bytes (a tagged key starts with its namespace tag),
+/// the low 32 bits of its hash, and whether it belongs to a namespace.
+#[derive(Clone, Copy, Debug)]
+pub struct Key<'a> {
+    /// The stored key bytes.
+    pub bytes: &'a [u8],
+    /// Low 32 bits of [`key_hash`] of `bytes`.
+    pub hash: u32,
+    /// A namespace's key ([`crate::layout::REC_TAGGED`]).
+    pub tagged: bool,
+}
+
+impl<'a> Key<'a> {
+    /// An untagged key (the default namespace) with its hash.
+    #[cfg_attr(not(any(test, feature = "test-support")), allow(dead_code))]
+    pub fn plain(seed: u64, bytes: &'a [u8]) -> Key<'a> {
+        Key {
+            bytes,
+            hash: key_hash(seed, bytes) as u32,
+            tagged: false,
+        }
+    }
+}
 
 /// The 64-bit key hash shared by every process attached to a segment.
 #[inline]
@@ -177,6 +203,17 @@ pub struct ShardView<'a> {
     seed: u64,
     /// Bytes stored after each value: its checksum (8) with checksums on, else 0.
     trailer: usize,
+    /// The namespaces' current generations (empty: no namespace table, nothing is stale).
+    gens: &'a [AtomicU64],
+}
+
+/// Which entries a scan reports.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope<'a> {
+    /// Untagged entries: the default namespace while its generation is 0.
+    Plain,
+    /// Entries whose key starts with this tag (a namespace and its current generation).
+    Tag(&'a [u8; TAG_LEN]),
 }
 
 impl<'a> ShardView<'a> {
@@ -220,12 +257,21 @@ impl<'a> ShardView<'a> {
             links,
             arena: &mut arena_b[..cs * chunks],
             chunk_size: cs,
-            max_key: geom.max_key_len as usize,
+            // Namespaced keys carry their tag.
+            max_key: geom.max_key_len as usize + crate::layout::TAG_LEN,
             max_value: geom.max_value_len as usize,
             max_entries: geom.max_entries_per_shard,
             seed: geom.hash_seed,
             trailer: geom.trailer(),
+            gens: &[],
         })
+    }
+
+    /// Lets the view tell which entries belong to an invalidated namespace generation.
+    #[inline]
+    pub fn with_generations(mut self, gens: &'a [AtomicU64]) -> Self {
+        self.gens = gens;
+        self
     }
 
     /// Chunks in the shard.
@@ -259,7 +305,7 @@ impl<'a> ShardView<'a> {
         m.len = 0;
         m.lru_head = NIL;
         m.lru_tail = NIL;
-        m._reserved0 = 0;
+        m.tagged = 0;
         m.free_chunk_head = if c == 0 { NIL } else { 0 };
         m.free_chunks = c;
         m.sweep_cursor = 0;
@@ -296,14 +342,9 @@ mod tests {
     use super::*;
     use crate::model::{run, small_geometry, HeapShard, Op};
 
-    fn h(g: &Geometry, k: &[u8]) -> u32 {
-        key_hash(g.hash_seed, k) as u32
-    }
-
     fn set(v: &mut ShardView, g: &Geometry, k: &[u8], val: &[u8], exp: u64, now: u64) -> Stored {
         v.store(
-            k,
-            h(g, k),
+            Key::plain(g.hash_seed, k),
             val,
             Deadline::At(exp),
             StoreMode::Set,
@@ -313,7 +354,9 @@ mod tests {
     }
 
     fn get(v: &mut ShardView, g: &Geometry, k: &[u8], now: u64) -> Option<Vec<u8>> {
-        let r = v.lookup(k, h(g, k), &mut Now::fixed(now)).unwrap()?;
+        let r = v
+            .lookup(Key::plain(g.hash_seed, k), &mut Now::fixed(now))
+            .unwrap()?;
         let mut out = Vec::new();
         v.read_value(r, &mut out).unwrap();
         Some(out)
@@ -378,7 +421,7 @@ mod tests {
         let k = b"k";
         let mut now = Now::fixed(1);
         let st = |v: &mut ShardView, val: &[u8], m, now: &mut Now| {
-            v.store(k, h(&g, k), val, Deadline::At(0), m, now).unwrap()
+            v.store(Key::plain(g.hash_seed, k), val, Deadline::At(0), m, now).unwrap()
         };
         assert_eq!(
             st(&mut v, b"1", StoreMode::Replace, &mut now),
@@ -403,18 +446,18 @@ mod tests {
         let mut v = s.view();
         let k = b"n";
         let mut now = Now::fixed(1);
-        assert_eq!(v.incr(k, h(&g, k), 5, 0, &mut now).unwrap(), Incr::Value(5));
-        v.set_deadline(k, h(&g, k), 50, &mut now).unwrap();
+        assert_eq!(v.incr(Key::plain(g.hash_seed, k), 5, 0, &mut now).unwrap(), Incr::Value(5));
+        v.set_deadline(Key::plain(g.hash_seed, k), 50, &mut now).unwrap();
         assert_eq!(
-            v.incr(k, h(&g, k), -7, 0, &mut now).unwrap(),
+            v.incr(Key::plain(g.hash_seed, k), -7, 0, &mut now).unwrap(),
             Incr::Value(-2)
         );
-        assert_eq!(v.deadline(k, h(&g, k), &mut now).unwrap(), Some(50));
+        assert_eq!(v.deadline(Key::plain(g.hash_seed, k), &mut now).unwrap(), Some(50));
         set(&mut v, &g, k, &i64::MAX.to_string().into_bytes(), 0, 1);
-        assert_eq!(v.incr(k, h(&g, k), 1, 0, &mut now).unwrap(), Incr::Overflow);
+        assert_eq!(v.incr(Key::plain(g.hash_seed, k), 1, 0, &mut now).unwrap(), Incr::Overflow);
         set(&mut v, &g, k, b"abc", 0, 1);
         assert_eq!(
-            v.incr(k, h(&g, k), 1, 0, &mut now).unwrap(),
+            v.incr(Key::plain(g.hash_seed, k), 1, 0, &mut now).unwrap(),
             Incr::NotInteger
         );
         assert_eq!(get(&mut v, &g, k, 1), Some(b"abc".to_vec()));
@@ -438,7 +481,7 @@ mod tests {
                 set(&mut v, &g, &[i; 20], &[i; 40], 0, 1);
             }
             // Simulate a death mid-rewrite of key 3, after its LRU links were half updated.
-            let (_, r) = v.find(&[3; 20], h(&g, &[3; 20])).unwrap().unwrap();
+            let (_, r) = v.find(Key::plain(g.hash_seed, &[3; 20])).unwrap().unwrap();
             v.rec_mut(r).unwrap().state = REC_WRITING;
             let head = v.meta.lru_head;
             v.rec_mut(head).unwrap().prev = 5;
@@ -462,7 +505,7 @@ mod tests {
         let k = [7u8; 20];
         let mut v = s.view();
         set(&mut v, &g, &k, &[1; 100], 0, 1); // 32 + 120 bytes: 4 chunks of 48
-        let (_, r) = v.find(&k, h(&g, &k)).unwrap().unwrap();
+        let (_, r) = v.find(Key::plain(g.hash_seed, &k)).unwrap().unwrap();
         let n = v.chunks_of(v.rec(r).unwrap());
         assert!(n > 1 && n as usize <= v.undo_chunks());
         // What `overwrite_in_place` does before its commit: save the chain, name it, then
@@ -596,7 +639,7 @@ mod tests {
         }
         let k = [1u8; 20];
         let mut now = Now::fixed(1);
-        let r = v.lookup(&k, h(&g, &k), &mut now);
+        let r = v.lookup(Key::plain(g.hash_seed, &k), &mut now);
         match r {
             Ok(Some(r)) => assert!(v.read_value(r, &mut Vec::new()).is_err()),
             other => assert!(other.is_err(), "{other:?}"),

@@ -6,8 +6,8 @@ use super::*;
 impl ShardView<'_> {
     /// Looks `key` up; on a hit makes it most recently used and returns its record.
     #[inline]
-    pub fn lookup(&mut self, key: &[u8], h: u32, now: &mut Now) -> TResult<Option<u32>> {
-        self.lookup_as(key, h, now, true)
+    pub fn lookup(&mut self, k: Key, now: &mut Now) -> TResult<Option<u32>> {
+        self.lookup_as(k, now, true)
     }
 
     /// [`lookup`](Self::lookup), counting a hit or miss only if `counted`: the memo layer's
@@ -15,12 +15,11 @@ impl ShardView<'_> {
     #[inline]
     pub fn lookup_as(
         &mut self,
-        key: &[u8],
-        h: u32,
+        k: Key,
         now: &mut Now,
         counted: bool,
     ) -> TResult<Option<u32>> {
-        match self.find_live(key, h, now)? {
+        match self.find_live(k, now)? {
             Some((_, r)) => {
                 self.touch(r)?;
                 self.meta.hits += counted as u64;
@@ -34,8 +33,8 @@ impl ShardView<'_> {
     }
 
     /// True if `key` is present and unexpired (no LRU or hit/miss effect).
-    pub fn contains(&mut self, key: &[u8], h: u32, now: &mut Now) -> TResult<bool> {
-        Ok(self.find_live(key, h, now)?.is_some())
+    pub fn contains(&mut self, k: Key, now: &mut Now) -> TResult<bool> {
+        Ok(self.find_live(k, now)?.is_some())
     }
 
     /// The LRU successor (less recent) of record `r`, or `NIL`.
@@ -91,17 +90,17 @@ impl ShardView<'_> {
     /// error the old entry, if any, is unchanged.
     pub fn store(
         &mut self,
-        key: &[u8],
-        h: u32,
+        k: Key,
         value: &[u8],
         deadline: Deadline,
         mode: StoreMode,
         now: &mut Now,
     ) -> TResult<Stored> {
+        let (key, h) = (k.bytes, k.hash);
         if key.len() > self.max_key || value.len() > self.max_value {
             return Err(TableError::NoRoom);
         }
-        let found = self.find_live(key, h, now)?;
+        let found = self.find_live(k, now)?;
         match (mode, found) {
             (StoreMode::Add, Some(_)) => return Ok(Stored::Exists),
             (StoreMode::Replace, None) => return Ok(Stored::Missing),
@@ -133,7 +132,7 @@ impl ShardView<'_> {
             next: NIL,
             hnext: NIL,
             key_len: key.len() as u16,
-            state: REC_WRITING,
+            state: REC_WRITING | if k.tagged { REC_TAGGED } else { 0 },
             value_len: value.len() as u32,
             expires_at,
         };
@@ -149,13 +148,13 @@ impl ShardView<'_> {
             None => {
                 self.index_insert(r, h)?;
                 crate::fault::hit(crate::fault::FaultPoint::StoreMidWrite);
-                self.rec_mut(r)?.state = REC_LIVE;
+                self.commit(r)?;
             }
             Some((_, o)) => {
                 self.meta.replacing = o;
                 self.meta.replacement = r;
                 crate::fault::hit(crate::fault::FaultPoint::StoreMidWrite);
-                self.rec_mut(r)?.state = REC_LIVE;
+                self.commit(r)?;
                 crate::fault::hit(crate::fault::FaultPoint::StoreCommitted);
                 // The sweep may have removed `o`'s chain neighbours: find its predecessor
                 // again.
@@ -169,9 +168,18 @@ impl ShardView<'_> {
         self.lru_push_front(r)?;
         self.deadline_changed(0, expires_at);
         self.meta.len += 1;
+        self.meta.tagged += u32::from(k.tagged);
         self.meta.bytes_used += (key.len() + value.len()) as u64;
         self.meta.sets += 1;
         Ok(Stored::Written { evicted })
+    }
+
+    /// Makes entry `r` live (the commit of a write), keeping its tag.
+    #[inline]
+    fn commit(&mut self, r: u32) -> TResult<()> {
+        let x = self.rec_mut(r)?;
+        x.state = x.with_state(REC_LIVE);
+        Ok(())
     }
 
     /// Chunks the undo area can save.
@@ -240,8 +248,8 @@ impl ShardView<'_> {
     }
 
     /// Removes `key`; true if a live entry was removed.
-    pub fn remove(&mut self, key: &[u8], h: u32, now: &mut Now) -> TResult<bool> {
-        match self.find_live(key, h, now)? {
+    pub fn remove(&mut self, k: Key, now: &mut Now) -> TResult<bool> {
+        match self.find_live(k, now)? {
             Some((prev, r)) => {
                 self.index_remove(prev, r)?;
                 crate::fault::hit(crate::fault::FaultPoint::RemoveMidway);
@@ -254,8 +262,8 @@ impl ShardView<'_> {
     }
 
     /// Removes `key` and appends its value to `out`; true if it was present.
-    pub fn take(&mut self, key: &[u8], h: u32, now: &mut Now, out: &mut Vec<u8>) -> TResult<bool> {
-        match self.find_live(key, h, now)? {
+    pub fn take(&mut self, k: Key, now: &mut Now, out: &mut Vec<u8>) -> TResult<bool> {
+        match self.find_live(k, now)? {
             Some((prev, r)) => {
                 self.read_value(r, out)?;
                 self.remove_at(prev, r)?;
@@ -271,16 +279,16 @@ impl ShardView<'_> {
     }
 
     /// Absolute expiry of `key` (Some(0) = never), None if absent.
-    pub fn deadline(&mut self, key: &[u8], h: u32, now: &mut Now) -> TResult<Option<u64>> {
-        match self.find_live(key, h, now)? {
+    pub fn deadline(&mut self, k: Key, now: &mut Now) -> TResult<Option<u64>> {
+        match self.find_live(k, now)? {
             Some((_, r)) => Ok(Some(self.rec(r)?.expires_at)),
             None => Ok(None),
         }
     }
 
     /// Sets a new absolute expiry (0 = never) on `key`; false if absent.
-    pub fn set_deadline(&mut self, key: &[u8], h: u32, at: u64, now: &mut Now) -> TResult<bool> {
-        match self.find_live(key, h, now)? {
+    pub fn set_deadline(&mut self, k: Key, at: u64, now: &mut Now) -> TResult<bool> {
+        match self.find_live(k, now)? {
             Some((_, r)) => {
                 let old = std::mem::replace(&mut self.rec_mut(r)?.expires_at, at);
                 self.deadline_changed(old, at);
@@ -294,13 +302,12 @@ impl ShardView<'_> {
     /// gets `new_deadline`. The existing deadline is kept.
     pub fn incr(
         &mut self,
-        key: &[u8],
-        h: u32,
+        k: Key,
         delta: i64,
         new_deadline: u64,
         now: &mut Now,
     ) -> TResult<Incr> {
-        let current = match self.find_live(key, h, now)? {
+        let current = match self.find_live(k, now)? {
             Some((_, r)) => {
                 let rec = *self.rec(r)?;
                 if rec.value_len > 20 {
@@ -324,8 +331,7 @@ impl ShardView<'_> {
         let mut buf = [0u8; 20];
         let text = format_i64(next, &mut buf);
         self.store(
-            key,
-            h,
+            k,
             text,
             Deadline::Keep {
                 default: new_deadline,
@@ -336,28 +342,89 @@ impl ShardView<'_> {
         Ok(Incr::Value(next))
     }
 
-    /// Up to `max` live keys from chunk `start` on; returns where to resume (None = done).
+    /// Whether entry `r` is live, unexpired and in `scope`.
+    fn in_scope(&self, r: u32, rec: &Record, scope: Scope, now: &mut Now) -> TResult<bool> {
+        if rec.state & REC_STATE_MASK != REC_LIVE || Self::expired(rec, now) {
+            return Ok(false);
+        }
+        match scope {
+            Scope::Plain => Ok(!rec.tagged()),
+            Scope::Tag(tag) => {
+                if !rec.tagged() || (rec.key_len as usize) < TAG_LEN {
+                    return Ok(false);
+                }
+                let mut eq = true;
+                let mut at = 0;
+                self.pieces(r, 0, TAG_LEN, |p| {
+                    eq &= p == &tag[at..at + p.len()];
+                    at += p.len();
+                    eq
+                })?;
+                Ok(eq)
+            }
+        }
+    }
+
+    /// Up to `max` live keys in `scope` from chunk `start` on (tags stripped); returns where
+    /// to resume (None = done).
     pub fn keys_from(
         &mut self,
         start: u32,
         max: usize,
         now: &mut Now,
+        scope: Scope,
         out: &mut Vec<Vec<u8>>,
     ) -> TResult<Option<u32>> {
+        let skip = match scope {
+            Scope::Plain => 0,
+            Scope::Tag(_) => TAG_LEN,
+        };
         let mut at = start;
         while let Some(r) = self.next_head(at) {
             if out.len() >= max {
                 return Ok(Some(r));
             }
             let rec = *self.rec(r)?;
-            if rec.state & REC_STATE_MASK == REC_LIVE && !Self::expired(&rec, now) {
-                let mut k = Vec::new();
-                self.read_key(r, &mut k)?;
+            if self.in_scope(r, &rec, scope, now)? {
+                let mut k = Vec::with_capacity(rec.key_len as usize - skip);
+                self.pieces(r, skip, rec.key_len as usize - skip, |p| {
+                    k.extend_from_slice(p);
+                    true
+                })?;
                 out.push(k);
             }
             at = r + 1;
         }
         Ok(None)
+    }
+
+    /// Counts the live entries in `scope` among the next `max` entries from chunk `start`
+    /// on: (entries, their key + value bytes without tags, where to resume).
+    pub fn count_from(
+        &mut self,
+        start: u32,
+        max: u32,
+        now: &mut Now,
+        scope: Scope,
+    ) -> TResult<(u64, u64, Option<u32>)> {
+        let skip = match scope {
+            Scope::Plain => 0,
+            Scope::Tag(_) => TAG_LEN as u64,
+        };
+        let (mut n, mut bytes) = (0, 0);
+        let mut at = start;
+        for _ in 0..max {
+            let Some(r) = self.next_head(at) else {
+                return Ok((n, bytes, None));
+            };
+            let rec = *self.rec(r)?;
+            if self.in_scope(r, &rec, scope, now)? {
+                n += 1;
+                bytes += Self::entry_len(&rec) as u64 - skip;
+            }
+            at = r + 1;
+        }
+        Ok((n, bytes, self.next_head(at)))
     }
 
     /// Reclaims every expired entry among the next `max` entries from chunk `start` on;

@@ -23,6 +23,7 @@ impl ShardView<'_> {
         self.set_head(r, false);
         self.free_chain(r, self.chunks_of(&rec))?;
         self.meta.len = self.meta.len.saturating_sub(1);
+        self.meta.tagged = self.meta.tagged.saturating_sub(u32::from(rec.tagged()));
         self.meta.bytes_used = self
             .meta
             .bytes_used
@@ -40,11 +41,10 @@ impl ShardView<'_> {
     #[inline(always)]
     pub(super) fn find_live(
         &mut self,
-        key: &[u8],
-        h: u32,
+        k: Key,
         now: &mut Now,
     ) -> TResult<Option<(u32, u32)>> {
-        match self.find(key, h)? {
+        match self.find(k)? {
             Some((prev, r)) if Self::expired(self.rec(r)?, now) => {
                 self.remove_at(prev, r)?;
                 self.meta.expirations += 1;
@@ -105,10 +105,52 @@ impl ShardView<'_> {
         }
     }
 
-    /// Reclaims expired entries among up to `budget` entries, resuming a cursor over the
-    /// head bitmap. Free when no entry has a deadline.
+    /// The namespace tag of entry `r` (a `rec` of it): its namespace slot and the
+    /// generation it was written under. Untagged entries are the default namespace's
+    /// generation 0.
+    pub(super) fn tag_of(&self, r: u32, rec: &Record) -> TResult<(usize, u64)> {
+        if !rec.tagged() {
+            return Ok((0, 0));
+        }
+        if (rec.key_len as usize) < TAG_LEN {
+            return corrupt("tagged key shorter than its tag");
+        }
+        let mut tag = [0u8; TAG_LEN];
+        let mut at = 0;
+        self.pieces(r, 0, TAG_LEN, |p| {
+            tag[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+            true
+        })?;
+        let ns = u32::from_le_bytes(tag[..4].try_into().unwrap_or_default());
+        let gen = u64::from_le_bytes(tag[4..].try_into().unwrap_or_default());
+        Ok((ns as usize, gen))
+    }
+
+    /// Whether entry `r` belongs to a namespace generation that is no longer current (it
+    /// is absent to every lookup; reclaiming it is up to the sweeps).
+    pub(super) fn stale(&self, r: u32, rec: &Record) -> TResult<bool> {
+        if self.gens.is_empty() {
+            return Ok(false);
+        }
+        let (ns, gen) = self.tag_of(r, rec)?;
+        Ok(self
+            .gens
+            .get(ns)
+            .is_none_or(|g| g.load(Ordering::Acquire) != gen))
+    }
+
+    /// Whether the shard may hold entries of an invalidated generation.
+    #[inline]
+    fn may_hold_stale(&self) -> bool {
+        !self.gens.is_empty()
+            && (self.meta.tagged != 0 || self.gens[0].load(Ordering::Relaxed) != 0)
+    }
+
+    /// Reclaims expired and invalidated entries among up to `budget` entries, resuming a
+    /// cursor over the head bitmap. Free when no entry has a deadline or a namespace.
     pub fn sweep(&mut self, now: &mut Now, budget: u32) -> TResult<u32> {
-        if self.meta.expiring == 0 {
+        if self.meta.expiring == 0 && !self.may_hold_stale() {
             return Ok(0);
         }
         let mut removed = 0;
@@ -126,15 +168,24 @@ impl ShardView<'_> {
         Ok(removed)
     }
 
-    /// Removes entry `r` if it is live and its deadline has passed; true if it did.
+    /// Removes entry `r` if it is live and its deadline has passed or its namespace was
+    /// invalidated since it was written; true if it did.
     pub(super) fn expire_if_due(&mut self, r: u32, now: &mut Now) -> TResult<bool> {
         let rec = *self.rec(r)?;
-        if rec.state & REC_STATE_MASK != REC_LIVE || !Self::expired(&rec, now) {
+        if rec.state & REC_STATE_MASK != REC_LIVE {
+            return Ok(false);
+        }
+        let expired = Self::expired(&rec, now);
+        if !expired && !self.stale(r, &rec)? {
             return Ok(false);
         }
         let prev = self.pred_of(r)?;
         self.remove_at(prev, r)?;
-        self.meta.expirations += 1;
+        if expired {
+            self.meta.expirations += 1;
+        } else {
+            self.meta.invalidated += 1;
+        }
         Ok(true)
     }
 
@@ -165,11 +216,15 @@ impl ShardView<'_> {
             guard = guard
                 .checked_sub(1)
                 .ok_or(TableError::Corrupt("LRU list is cyclic"))?;
-            let expired = Self::expired(self.rec(v)?, now);
+            let rec = *self.rec(v)?;
+            let expired = Self::expired(&rec, now);
+            let stale = !expired && self.stale(v, &rec)?;
             let prev = self.pred_of(v)?;
             self.remove_at(prev, v)?;
             if expired {
                 self.meta.expirations += 1;
+            } else if stale {
+                self.meta.invalidated += 1;
             } else {
                 self.meta.evictions += 1;
                 evicted += 1;

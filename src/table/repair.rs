@@ -83,6 +83,8 @@ impl ShardView<'_> {
                 m.expirations = counters.expirations;
                 m.recoveries = counters.recoveries;
                 m.deletes = counters.deletes;
+                m.checksum_failures = counters.checksum_failures;
+                m.invalidated = counters.invalidated;
                 RepairReport {
                     kept: 0,
                     dropped,
@@ -142,7 +144,8 @@ impl ShardView<'_> {
             at = r + 1;
             let state = self.rec(r)?.state & REC_STATE_MASK;
             if state == REC_LIVE && self.claim(r).is_ok() {
-                self.rec_mut(r)?.state = REC_LIVE;
+                let x = self.rec_mut(r)?;
+                x.state = x.with_state(REC_LIVE);
             } else {
                 // Only the bit goes: a damaged bit may point into another entry's bytes,
                 // which must not be written.
@@ -178,7 +181,7 @@ impl ShardView<'_> {
         let mut steps = 0;
         while i < n && self.is_head(i) && steps <= n {
             let rec = *self.rec(i)?;
-            if rec.state != REC_LIVE {
+            if rec.state & !REC_TAGGED != REC_LIVE {
                 break;
             }
             push(self, i)?;
@@ -188,7 +191,7 @@ impl ShardView<'_> {
         let mut at = 0;
         while let Some(r) = self.next_head(at) {
             at = r + 1;
-            if self.rec(r)?.state == REC_LIVE {
+            if self.rec(r)?.state & !REC_TAGGED == REC_LIVE {
                 push(self, r)?;
             }
         }
@@ -212,7 +215,7 @@ impl ShardView<'_> {
         m.len = count;
         m.bytes_used = bytes;
         m.expiring = expiring;
-        m._reserved0 = 0;
+        m.tagged = 0;
         m.free_chunk_head = free_head;
         m.free_chunks = free;
         m.sweep_cursor = 0;
@@ -220,10 +223,17 @@ impl ShardView<'_> {
         let mut i = order;
         while i != NIL {
             let rec = *self.rec(i)?;
-            self.rec_mut(i)?.state = REC_LIVE;
+            let x = self.rec_mut(i)?;
+            x.state = x.with_state(REC_LIVE);
+            self.meta.tagged += u32::from(rec.tagged());
             let mut key = Vec::with_capacity(rec.key_len as usize);
             self.read_key(i, &mut key)?;
-            if self.find(&key, rec.hash)?.is_some() {
+            let k = Key {
+                bytes: &key,
+                hash: rec.hash,
+                tagged: rec.tagged(),
+            };
+            if self.find(k)?.is_some() {
                 // Duplicate key (possible only after damage): keep the more recent one.
                 self.release(i)?;
                 report.dropped += 1;

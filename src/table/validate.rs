@@ -104,6 +104,7 @@ impl ShardView<'_> {
         let mut count = 0u32;
         let mut bytes = 0u64;
         let mut expiring = 0u32;
+        let mut tagged = 0u32;
         while i != NIL {
             if i >= n || !self.is_head(i) {
                 return Err(format!("LRU link {i} is not an entry"));
@@ -112,7 +113,7 @@ impl ShardView<'_> {
             if scratch.listed.test_and_set(i as usize) {
                 return Err(format!("LRU list revisits entry {i}"));
             }
-            if r.state != REC_LIVE {
+            if r.state & !REC_TAGGED != REC_LIVE {
                 return Err(format!("LRU list holds entry {i} in state {}", r.state));
             }
             if r.prev != prev {
@@ -123,6 +124,7 @@ impl ShardView<'_> {
             }
             bytes += Self::entry_len(r) as u64;
             expiring += u32::from(r.expires_at != 0);
+            tagged += u32::from(r.tagged());
             count += 1;
             prev = i;
             i = r.next;
@@ -135,6 +137,9 @@ impl ShardView<'_> {
         }
         if bytes != m.bytes_used {
             return Err(format!("bytes_used {} should be {bytes}", m.bytes_used));
+        }
+        if tagged != m.tagged {
+            return Err(format!("tagged {} should be {tagged}", m.tagged));
         }
         if expiring != m.expiring {
             return Err(format!("expiring {} should be {expiring}", m.expiring));
@@ -171,7 +176,12 @@ impl ShardView<'_> {
                 if key_hash(self.seed, &scratch.key) as u32 != rec.hash {
                     return Err(format!("entry {i} hash does not match its key"));
                 }
-                match self.find(&scratch.key, rec.hash) {
+                let k = Key {
+                    bytes: &scratch.key,
+                    hash: rec.hash,
+                    tagged: rec.tagged(),
+                };
+                match self.find(k) {
                     Ok(Some((_, found))) if found == i => {}
                     other => return Err(format!("entry {i} not findable by its key: {other:?}")),
                 }
