@@ -5,10 +5,10 @@ use crate::error::{Error, Result};
 use crate::fault::{self, FaultPoint};
 use crate::layout::{Geometry, ShardMeta};
 use crate::name::validate_name;
+use crate::namespace::{KeyBytes, Routed};
 use crate::sys::fork;
 use crate::sys::robust::LockError;
 use crate::sys::segment::{OpenMode, OpenParams, Segment};
-use crate::namespace::{KeyBytes, Routed};
 use crate::table::{
     key_hash, CheckScratch, Deadline, Incr, Now, RepairReport, ShardView, StoreMode, Stored,
     TableError,
@@ -207,9 +207,8 @@ impl Options {
         let trailer = if self.checksums { 8 } else { 0 };
         // The longest entry must fit twice in a shard (see `Geometry::new`).
         let room = (chunks as u64 / 2) * cs as u64;
-        let longest = room.saturating_sub(
-            (crate::layout::REC_LEN + crate::layout::TAG_LEN) as u64 + trailer,
-        );
+        let longest =
+            room.saturating_sub((crate::layout::REC_LEN + crate::layout::TAG_LEN) as u64 + trailer);
         let max_value = match self.max_value_len {
             Some(v) => v,
             None => longest.saturating_sub(self.max_key_len as u64).min(1 << 20) as u32,
@@ -937,7 +936,9 @@ impl Cache {
     /// True if `key` is present and unexpired. Does not change recency or hit counters.
     pub fn contains(&self, key: &[u8]) -> Result<bool> {
         let k = self.route(key)?;
-        self.with_shard(k.shard, |v| v.contains(k.key(), &mut Now::lazy(monotonic_ns)))
+        self.with_shard(k.shard, |v| {
+            v.contains(k.key(), &mut Now::lazy(monotonic_ns))
+        })
     }
 
     /// Remaining lifetime of `key`, or `None` if absent.
@@ -1090,8 +1091,7 @@ impl Cache {
     /// [`invalidate`](Self::invalidate), it does not reach dependent namespaces.
     pub fn clear(&self) -> Result<u64> {
         if self.ns != 0 {
-            let ns = self.ns;
-            self.with_coord(|_| self.ns_bump(ns))?;
+            self.clear_namespace()?;
             return Ok(0);
         }
         let mut n = 0;

@@ -740,7 +740,10 @@ impl Geometry {
         let region_len =
             size_of::<CoordMeta>() as u64 + size_of::<CoordSlot>() as u64 * slots as u64;
         let memo_stats = align_up(region + region_len, 2 * a);
-        let ns = align_up(memo_stats + (MEMO_STAT_SLOTS * MEMO_STAT_WORDS * 8) as u64, 2 * a);
+        let ns = align_up(
+            memo_stats + (MEMO_STAT_SLOTS * MEMO_STAT_WORDS * 8) as u64,
+            2 * a,
+        );
         let total = ns + NS_TABLE_BYTES as u64;
         let to_usize = |v: u64| usize::try_from(v).map_err(|_| "segment too large".to_string());
         self.memo_stats_offset = to_usize(memo_stats)?;

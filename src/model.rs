@@ -280,7 +280,17 @@ pub fn run(ops: &[Op], flush_on_advance: bool) -> Result<(), String> {
                 let exp = ttl.map(|t| time + t);
                 let deadline = Deadline::At(exp.unwrap_or(0));
                 let got = v
-                    .store(Key { bytes: &key, hash: h, tagged: false }, &value, deadline, *mode, &mut now)
+                    .store(
+                        Key {
+                            bytes: &key,
+                            hash: h,
+                            tagged: false,
+                        },
+                        &value,
+                        deadline,
+                        *mode,
+                        &mut now,
+                    )
                     .map_err(|e| ctx(format!("{e:?}")))?;
                 let want = model.store(&key, &value, Some(exp.unwrap_or(0)), *mode);
                 if exact && got != want {
@@ -297,7 +307,14 @@ pub fn run(ops: &[Op], flush_on_advance: bool) -> Result<(), String> {
                 let key = key_of(*k);
                 let h = key_hash(g.hash_seed, &key) as u32;
                 let got = match v
-                    .lookup(Key { bytes: &key, hash: h, tagged: false }, &mut now)
+                    .lookup(
+                        Key {
+                            bytes: &key,
+                            hash: h,
+                            tagged: false,
+                        },
+                        &mut now,
+                    )
                     .map_err(|e| ctx(format!("{e:?}")))?
                 {
                     Some(r) => {
@@ -314,7 +331,14 @@ pub fn run(ops: &[Op], flush_on_advance: bool) -> Result<(), String> {
                 let key = key_of(*k);
                 let h = key_hash(g.hash_seed, &key) as u32;
                 let got = v
-                    .remove(Key { bytes: &key, hash: h, tagged: false }, &mut now)
+                    .remove(
+                        Key {
+                            bytes: &key,
+                            hash: h,
+                            tagged: false,
+                        },
+                        &mut now,
+                    )
                     .map_err(|e| ctx(format!("{e:?}")))?;
                 let want = model.pos(&key).map(|i| model.entries.remove(i)).is_some();
                 if got != want && (exact || got) {
@@ -326,7 +350,15 @@ pub fn run(ops: &[Op], flush_on_advance: bool) -> Result<(), String> {
                 let h = key_hash(g.hash_seed, &key) as u32;
                 let mut out = Vec::new();
                 let got = v
-                    .take(Key { bytes: &key, hash: h, tagged: false }, &mut now, &mut out)
+                    .take(
+                        Key {
+                            bytes: &key,
+                            hash: h,
+                            tagged: false,
+                        },
+                        &mut now,
+                        &mut out,
+                    )
                     .map_err(|e| ctx(format!("{e:?}")))?
                     .then_some(out);
                 let want = model.pos(&key).map(|i| model.entries.remove(i).value);
@@ -338,7 +370,16 @@ pub fn run(ops: &[Op], flush_on_advance: bool) -> Result<(), String> {
                 let key = key_of(*k);
                 let h = key_hash(g.hash_seed, &key) as u32;
                 let got = v
-                    .incr(Key { bytes: &key, hash: h, tagged: false }, *d, 0, &mut now)
+                    .incr(
+                        Key {
+                            bytes: &key,
+                            hash: h,
+                            tagged: false,
+                        },
+                        *d,
+                        0,
+                        &mut now,
+                    )
                     .map_err(|e| ctx(format!("{e:?}")))?;
                 let cur = model.pos(&key).map(|i| model.entries[i].value.clone());
                 let want = match cur.as_deref().map(std::str::from_utf8) {
@@ -356,7 +397,14 @@ pub fn run(ops: &[Op], flush_on_advance: bool) -> Result<(), String> {
                     // The table keeps the deadline of an entry it still had; one it had
                     // evicted (lazy mode only) starts without one.
                     let at = v
-                        .deadline(Key { bytes: &key, hash: h, tagged: false }, &mut now)
+                        .deadline(
+                            Key {
+                                bytes: &key,
+                                hash: h,
+                                tagged: false,
+                            },
+                            &mut now,
+                        )
                         .map_err(|e| ctx(format!("{e:?}")))?
                         .ok_or_else(|| ctx("incremented entry is missing".into()))?;
                     model.store(&key, n.to_string().as_bytes(), Some(at), StoreMode::Set);
@@ -367,7 +415,15 @@ pub fn run(ops: &[Op], flush_on_advance: bool) -> Result<(), String> {
                 let h = key_hash(g.hash_seed, &key) as u32;
                 let at = ttl.map_or(0, |t| time + t);
                 let got = v
-                    .set_deadline(Key { bytes: &key, hash: h, tagged: false }, at, &mut now)
+                    .set_deadline(
+                        Key {
+                            bytes: &key,
+                            hash: h,
+                            tagged: false,
+                        },
+                        at,
+                        &mut now,
+                    )
                     .map_err(|e| ctx(format!("{e:?}")))?;
                 let want = match model.pos(&key) {
                     Some(i) => {

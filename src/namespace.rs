@@ -183,10 +183,9 @@ impl Cache {
                 let s = queue[head];
                 head += 1;
                 self.ns_bump(s);
-                for d in 0..NS_SLOTS {
-                    if !done[d] && self.ns_used(d) && self.ns_parents(d).contains(&(s as u8 + 1))
-                    {
-                        done[d] = true;
+                for (d, seen) in done.iter_mut().enumerate() {
+                    if !*seen && self.ns_used(d) && self.ns_parents(d).contains(&(s as u8 + 1)) {
+                        *seen = true;
                         queue[tail] = d;
                         tail += 1;
                     }
@@ -194,6 +193,15 @@ impl Cache {
             }
             tail as u32
         })
+    }
+
+    /// Drops every entry of this handle's namespace alone, at once for every process: its
+    /// generation is bumped, dependents are left alone. The same as [`clear`](Self::clear)
+    /// on a namespace handle; on the default one it spares the other namespaces, where
+    /// `clear` empties the whole cache.
+    pub fn clear_namespace(&self) -> Result<()> {
+        let ns = self.ns;
+        self.with_coord(|_| self.ns_bump(ns))
     }
 
     /// Makes this namespace depend on `root`: invalidating `root` invalidates this one too.

@@ -76,7 +76,7 @@ impl Cache {
         let mut h = xxhash_rust::xxh3::Xxh3::with_seed(self.geom.hash_seed);
         h.update(kind.as_bytes());
         h.update(&[0]);
-        if self.ns == 0 && gen.is_none_or(|g| g == 0) {
+        if self.ns == 0 && gen.unwrap_or(0) == 0 {
             h.update(&[0]);
         } else {
             // A different byte after the kind keeps these apart from every plain name.

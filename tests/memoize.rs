@@ -366,3 +366,32 @@ fn serve_stale_returns_at_once_to_every_caller_while_one_refresh_runs_in_the_bac
     let s = stale_gen::stats();
     assert!(s.stale >= 4, "{s:?}");
 }
+
+static PRICES: AtomicU32 = AtomicU32::new(0);
+
+/// Kept in a namespace: invalidating the namespace drops every memoized result at once.
+#[memoize(cache = CACHE, namespace = "prices")]
+fn price(item: u32) -> u32 {
+    PRICES.fetch_add(1, Ordering::SeqCst);
+    item * 100
+}
+
+#[test]
+fn a_memoized_function_in_a_namespace_is_invalidated_with_it() {
+    assert_eq!(price(3), 300);
+    assert_eq!(price(3), 300);
+    assert_eq!(PRICES.load(Ordering::SeqCst), 1);
+    let ns = CACHE.namespace("prices").unwrap();
+    assert_eq!(ns.len().unwrap(), 1);
+    // Its entry is in the namespace, under the function's name, and not in the default one.
+    let has_price = |k: &[u8]| k.windows(5).any(|w| w == b"price");
+    assert!(ns.keys().all(|k| has_price(&k.unwrap())));
+    assert!(CACHE.keys().all(|k| !has_price(&k.unwrap())));
+    ns.invalidate().unwrap();
+    assert_eq!(price(3), 300);
+    assert_eq!(
+        PRICES.load(Ordering::SeqCst),
+        2,
+        "recomputed after the invalidation"
+    );
+}

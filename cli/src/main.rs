@@ -128,6 +128,12 @@ enum Cmd {
     Clear { name: String },
     /// Remove the segment's name (processes that have it open keep their mapping).
     Unlink { name: String },
+    /// Namespaces: list them, show one's figures, or clear one (every process sees it at
+    /// once).
+    Ns {
+        #[command(subcommand)]
+        cmd: NsCmd,
+    },
     /// Validate every invariant; exit 1 with a report if damaged.
     Check { name: String },
     /// Rebuild damaged shards and the coordination table; with --force, first restore a
@@ -141,6 +147,22 @@ enum Cmd {
     /// Benchmark shmemcache across processes, optionally against Redis, LMDB, the floor
     /// and an in-process LRU, in the same run.
     Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum NsCmd {
+    /// List the namespaces of a segment, with their generations and dependencies.
+    List { name: String },
+    /// Show a namespace's entries, bytes and counters.
+    Stats { name: String, ns: String },
+    /// Clear a namespace: all of its entries are gone at once, for every process.
+    Clear {
+        name: String,
+        ns: String,
+        /// Also clear the namespaces that depend on it (`invalidate`).
+        #[arg(long)]
+        dependents: bool,
+    },
 }
 
 /// What a subcommand produced: JSON for `--json`, text otherwise, and an exit code.
@@ -204,6 +226,93 @@ fn shard_json(s: &ShardStats) -> Value {
 
 fn open(name: &str) -> Result<Cache, Error> {
     Options::new().open_existing(name)
+}
+
+/// The default namespace is addressed as "" (or "default" when no namespace has that name).
+fn open_ns(name: &str, ns: &str) -> Result<Cache, Error> {
+    let c = open(name)?;
+    if ns.is_empty() || (ns == "default" && !c.namespaces().iter().any(|n| n.name == ns)) {
+        return Ok(c);
+    }
+    // Only an existing namespace: a typo must not create one.
+    if !c.namespaces().iter().any(|n| n.name == ns) {
+        return Err(Error::InvalidArgument(format!(
+            "segment {name} has no namespace {ns:?} (see `shmemcache ns list {name}`)"
+        )));
+    }
+    c.namespace(ns)
+}
+
+fn namespaces(cmd: NsCmd, ctx: Ctx) -> Result<Output, Error> {
+    Ok(match cmd {
+        NsCmd::List { name } => {
+            let list = open(&name)?.namespaces();
+            let mut text = format!("{:<24} {:>10}  depends on\n", "namespace", "generation");
+            let mut rows = Vec::new();
+            for n in &list {
+                let shown = if n.name.is_empty() {
+                    "(default)"
+                } else {
+                    &n.name
+                };
+                text.push_str(&format!(
+                    "{:<24} {:>10}  {}\n",
+                    shown,
+                    n.generation,
+                    n.depends_on.join(", ")
+                ));
+                rows.push(json!({
+                    "name": n.name, "generation": n.generation, "depends_on": n.depends_on,
+                }));
+            }
+            Output::ok(json!({ "namespaces": rows }), text.trim_end().to_string())
+        }
+        NsCmd::Stats { name, ns } => {
+            let s = open_ns(&name, &ns)?.namespace_stats()?;
+            let text = format!(
+                "namespace:     {}\ngeneration:    {}\nentries:       {}\nbytes:         {}\n\
+                 hits:          {}\nmisses:        {}\nsets:          {}\ninvalidations: {}",
+                if s.name.is_empty() {
+                    "(default)"
+                } else {
+                    &s.name
+                },
+                s.generation,
+                s.entries,
+                fmt_bytes(s.bytes),
+                s.hits,
+                s.misses,
+                s.sets,
+                s.invalidations
+            );
+            Output::ok(
+                json!({
+                    "name": s.name, "generation": s.generation, "entries": s.entries,
+                    "bytes": s.bytes, "hits": s.hits, "misses": s.misses, "sets": s.sets,
+                    "invalidations": s.invalidations,
+                }),
+                text,
+            )
+        }
+        NsCmd::Clear {
+            name,
+            ns,
+            dependents,
+        } => {
+            let c = open_ns(&name, &ns)?;
+            let n = if dependents {
+                c.invalidate()?
+            } else {
+                // The namespace alone (for the default one, not the whole cache).
+                c.clear_namespace()?;
+                1
+            };
+            Output::ok(
+                json!({ "cleared_namespaces": n, "generation": c.generation() }),
+                ctx.said(format!("cleared {n} namespace(s)")),
+            )
+        }
+    })
 }
 
 fn run(cmd: Cmd, ctx: Ctx) -> Result<Output, Error> {
@@ -407,6 +516,7 @@ fn run(cmd: Cmd, ctx: Ctx) -> Result<Output, Error> {
                 ctx.said(format!("cleared {n} entries")),
             )
         }
+        Cmd::Ns { cmd } => namespaces(cmd, ctx)?,
         Cmd::Unlink { name } => {
             Cache::unlink(&name)?;
             let text = ctx.said(format!("unlinked {name}"));

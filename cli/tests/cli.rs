@@ -446,3 +446,44 @@ fn bench_measures_a_segment_with_checksums() {
     assert_eq!(v["workload"]["checksums"], true);
     assert!(v["results"][0]["ops_per_sec"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn ns_list_stats_and_clear() {
+    let n = Name::new("ns");
+    let name = n.0.as_str();
+    text(&["create", name, "--capacity", "1MiB", "--shards", "2"]);
+    let c = shmemcache::Cache::open_existing(name).unwrap();
+    let orders = c.namespace("orders").unwrap();
+    let lines = c.namespace("lines").unwrap();
+    lines.depends_on(&orders).unwrap();
+    orders.set(b"1", b"a").unwrap();
+    orders.set(b"2", b"b").unwrap();
+    lines.set(b"1", b"x").unwrap();
+    c.set(b"root", b"r").unwrap();
+    let v = json(&["ns", "list", name]);
+    let names: Vec<&str> = v["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["", "orders", "lines"]);
+    assert_eq!(v["namespaces"][2]["depends_on"][0], "orders");
+    let s = json(&["ns", "stats", name, "orders"]);
+    assert_eq!(
+        (s["entries"].as_u64(), s["sets"].as_u64()),
+        (Some(2), Some(2))
+    );
+    // A plain clear of one namespace; then one reaching its dependents.
+    json(&["ns", "clear", name, "lines"]);
+    assert_eq!(lines.get(b"1").unwrap(), None);
+    assert_eq!(orders.len().unwrap(), 2);
+    lines.set(b"1", b"y").unwrap();
+    let v = json(&["ns", "clear", name, "orders", "--dependents"]);
+    assert_eq!(v["cleared_namespaces"], 2);
+    assert_eq!((orders.len().unwrap(), lines.len().unwrap()), (0, 0));
+    assert_eq!(c.get(b"root").unwrap().as_deref(), Some(&b"r"[..]));
+    // A namespace that does not exist is an error, not created by a typo.
+    assert!(fails(&["ns", "stats", name, "ordrs"], 2).contains("no namespace"));
+    assert_eq!(c.namespaces().len(), 3);
+}

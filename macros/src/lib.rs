@@ -25,6 +25,7 @@ enum KeySpec {
 struct Args {
     cache: Option<Expr>,
     name: Option<LitStr>,
+    namespace: Option<LitStr>,
     ttl: Option<TokenStream2>,
     stale_after: Option<TokenStream2>,
     serve_stale: bool,
@@ -49,6 +50,7 @@ fn parse_args(attr: TokenStream2) -> syn::Result<Args> {
     let mut a = Args {
         cache: None,
         name: None,
+        namespace: None,
         ttl: None,
         stale_after: None,
         serve_stale: false,
@@ -70,6 +72,8 @@ fn parse_args(attr: TokenStream2) -> syn::Result<Args> {
             a.cache = Some(m.value()?.parse()?);
         } else if m.path.is_ident("name") {
             a.name = Some(m.value()?.parse()?);
+        } else if m.path.is_ident("namespace") {
+            a.namespace = Some(m.value()?.parse()?);
         } else if m.path.is_ident("ttl") {
             let lit: LitStr = m.value()?.parse()?;
             let ttl =
@@ -114,8 +118,8 @@ fn parse_args(attr: TokenStream2) -> syn::Result<Args> {
             };
         } else {
             return Err(m.error(
-                "unknown option; expected cache, name, ttl, stale_after, serve_stale, \
-                 wait_timeout, on_error, max_size, cache_none, key or ignore_self",
+                "unknown option; expected cache, name, namespace, ttl, stale_after, \
+                 serve_stale, wait_timeout, on_error, max_size, cache_none, key or ignore_self",
             ));
         }
         Ok(())
@@ -282,12 +286,25 @@ fn expand(a: Args, func: ItemFn) -> syn::Result<TokenStream2> {
     let bounds = quote_spanned! {value_ty.span()=>
         ::shmemcache::__macro_support::assert_memo_value::<#value_ty>();
     };
+    // With `namespace = "..."`, the memo lives in that namespace of the cache: a handle on
+    // it is made once, on first use.
+    let target = match &a.namespace {
+        None => quote!(&*#cache),
+        Some(ns) => quote!({
+            static NS: ::std::sync::OnceLock<::shmemcache::Cache> = ::std::sync::OnceLock::new();
+            NS.get_or_init(|| {
+                ::shmemcache::Cache::namespace(&*#cache, #ns).unwrap_or_else(|e| {
+                    ::std::panic!("#[memoize]: cannot open namespace {:?}: {}", #ns, e)
+                })
+            })
+        }),
+    };
     let memo_init = quote! {
         static MEMO: ::std::sync::OnceLock<::shmemcache::Memo<'static, #value_ty>> =
             ::std::sync::OnceLock::new();
         MEMO.get_or_init(|| {
             #bounds
-            ::shmemcache::Memo::new(&*#cache, #namespace)
+            ::shmemcache::Memo::new(#target, #namespace)
                 .options(#opts)
                 #skip_none
         })

@@ -22,11 +22,11 @@
 //! [`chunks`] (allocation), [`recency`] (the LRU list), [`index`], [`removal`] (deletes,
 //! expiry, eviction), [`ops`] (what callers use), [`validate`] (read-only) and [`repair`].
 
+use crate::layout::TAG_LEN;
 use crate::layout::{
     Geometry, Record, ShardMeta, CHECKSUM_LEN, CHUNK_MARK, NIL, REC_FREE, REC_LEN, REC_LIVE,
     REC_STATE_MASK, REC_TAGGED, REC_VISITED, REC_WRITING,
 };
-use crate::layout::TAG_LEN;
 use std::sync::atomic::{AtomicU64, Ordering};
 use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
 
@@ -421,7 +421,8 @@ mod tests {
         let k = b"k";
         let mut now = Now::fixed(1);
         let st = |v: &mut ShardView, val: &[u8], m, now: &mut Now| {
-            v.store(Key::plain(g.hash_seed, k), val, Deadline::At(0), m, now).unwrap()
+            v.store(Key::plain(g.hash_seed, k), val, Deadline::At(0), m, now)
+                .unwrap()
         };
         assert_eq!(
             st(&mut v, b"1", StoreMode::Replace, &mut now),
@@ -446,15 +447,25 @@ mod tests {
         let mut v = s.view();
         let k = b"n";
         let mut now = Now::fixed(1);
-        assert_eq!(v.incr(Key::plain(g.hash_seed, k), 5, 0, &mut now).unwrap(), Incr::Value(5));
-        v.set_deadline(Key::plain(g.hash_seed, k), 50, &mut now).unwrap();
+        assert_eq!(
+            v.incr(Key::plain(g.hash_seed, k), 5, 0, &mut now).unwrap(),
+            Incr::Value(5)
+        );
+        v.set_deadline(Key::plain(g.hash_seed, k), 50, &mut now)
+            .unwrap();
         assert_eq!(
             v.incr(Key::plain(g.hash_seed, k), -7, 0, &mut now).unwrap(),
             Incr::Value(-2)
         );
-        assert_eq!(v.deadline(Key::plain(g.hash_seed, k), &mut now).unwrap(), Some(50));
+        assert_eq!(
+            v.deadline(Key::plain(g.hash_seed, k), &mut now).unwrap(),
+            Some(50)
+        );
         set(&mut v, &g, k, &i64::MAX.to_string().into_bytes(), 0, 1);
-        assert_eq!(v.incr(Key::plain(g.hash_seed, k), 1, 0, &mut now).unwrap(), Incr::Overflow);
+        assert_eq!(
+            v.incr(Key::plain(g.hash_seed, k), 1, 0, &mut now).unwrap(),
+            Incr::Overflow
+        );
         set(&mut v, &g, k, b"abc", 0, 1);
         assert_eq!(
             v.incr(Key::plain(g.hash_seed, k), 1, 0, &mut now).unwrap(),

@@ -13,12 +13,7 @@ impl ShardView<'_> {
     /// [`lookup`](Self::lookup), counting a hit or miss only if `counted`: the memo layer's
     /// own reads keep out of the cache's hit ratio, which is about user gets.
     #[inline]
-    pub fn lookup_as(
-        &mut self,
-        k: Key,
-        now: &mut Now,
-        counted: bool,
-    ) -> TResult<Option<u32>> {
+    pub fn lookup_as(&mut self, k: Key, now: &mut Now, counted: bool) -> TResult<Option<u32>> {
         match self.find_live(k, now)? {
             Some((_, r)) => {
                 self.touch(r)?;
@@ -300,13 +295,7 @@ impl ShardView<'_> {
 
     /// Adds `delta` to the decimal integer stored at `key`; a missing key starts from 0 and
     /// gets `new_deadline`. The existing deadline is kept.
-    pub fn incr(
-        &mut self,
-        k: Key,
-        delta: i64,
-        new_deadline: u64,
-        now: &mut Now,
-    ) -> TResult<Incr> {
+    pub fn incr(&mut self, k: Key, delta: i64, new_deadline: u64, now: &mut Now) -> TResult<Incr> {
         let current = match self.find_live(k, now)? {
             Some((_, r)) => {
                 let rec = *self.rec(r)?;

@@ -39,11 +39,7 @@ impl ShardView<'_> {
 
     /// Finds a live, unexpired entry; an expired one found on the way is reclaimed.
     #[inline(always)]
-    pub(super) fn find_live(
-        &mut self,
-        k: Key,
-        now: &mut Now,
-    ) -> TResult<Option<(u32, u32)>> {
+    pub(super) fn find_live(&mut self, k: Key, now: &mut Now) -> TResult<Option<(u32, u32)>> {
         match self.find(k)? {
             Some((prev, r)) if Self::expired(self.rec(r)?, now) => {
                 self.remove_at(prev, r)?;
@@ -137,7 +133,7 @@ impl ShardView<'_> {
         Ok(self
             .gens
             .get(ns)
-            .is_none_or(|g| g.load(Ordering::Acquire) != gen))
+            .map_or(true, |g| g.load(Ordering::Acquire) != gen))
     }
 
     /// Whether the shard may hold entries of an invalidated generation.
