@@ -91,6 +91,26 @@ pub enum Error {
     /// An option or argument is out of range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A snapshot file is not one this build can load: truncated, damaged, or foreign.
+    /// Nothing in the cache was changed.
+    #[error("snapshot {path:?} cannot be loaded: {reason}")]
+    BadSnapshot {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{op} {path:?} failed: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// `incr`/`decr` found a value that is not a decimal `i64`.
     #[error("the stored value is not a decimal integer")]
     NotAnInteger,

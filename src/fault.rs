@@ -27,6 +27,9 @@ pub enum FaultPoint {
     /// While creating a segment: right after its header is written, before the file is
     /// sized.
     HeaderWritten = 7,
+    /// While saving a snapshot: after a batch of entries was written to the (still
+    /// unnamed) file, outside every lock.
+    SnapshotMidWrite = 8,
 }
 
 /// What happens at an armed point.

@@ -135,6 +135,7 @@ mod memo;
 pub mod model;
 mod name;
 mod namespace;
+mod snapshot;
 mod sync;
 mod sys;
 mod table;
@@ -160,6 +161,7 @@ pub use listing::{list_segments, SegmentListing};
 pub use memo::{ComputeError, ComputeOptions, Memo, MemoStats, MemoValue, OnError, Ttl};
 pub use name::{validate_name, MAX_NAME_LEN};
 pub use namespace::{NamespaceInfo, NamespaceStats};
+pub use snapshot::{LoadMode, SnapshotReport, SNAPSHOT_VERSION};
 pub use sync::{CoordStats, LockGuard, OnceBusy, Pool};
 pub use typed::{Codec, Postcard, Typed};
 

@@ -204,6 +204,46 @@ impl Cache {
         self.with_coord(|_| self.ns_bump(ns))
     }
 
+    /// This handle, writing under a new generation of its namespace that no lookup sees
+    /// until [`publish_staged`](Self::publish_staged) makes it current.
+    pub(crate) fn staged(&self) -> Result<Cache> {
+        let ns = self.ns;
+        let gen = self.with_coord(|_| {
+            let last = self.seg.ns_word(ns, ns_word::LAST_GEN)?;
+            let cur = self.seg.ns_gens().get(ns)?.load(Ordering::Acquire);
+            let next = last.load(Ordering::Acquire).max(cur).saturating_add(1);
+            last.store(next, Ordering::Release);
+            Some(next)
+        })?;
+        let gen = gen.ok_or_else(|| Error::InvalidArgument("namespace out of range".into()))?;
+        let mut h = self.clone_handle();
+        h.pin = Some(gen);
+        Ok(h)
+    }
+
+    /// Makes the generation a [`staged`](Self::staged) handle wrote under current, in one
+    /// store: every entry of the namespace's previous generation is gone at once. If the
+    /// namespace was invalidated after staging began, the invalidation wins: the staged
+    /// entries stay invisible (and are reclaimed as stale). True if it was published.
+    pub(crate) fn publish_staged(&self) -> Result<bool> {
+        let (ns, Some(gen)) = (self.ns, self.pin) else {
+            return Ok(false);
+        };
+        self.with_coord(|_| {
+            let Some(g) = self.seg.ns_gens().get(ns) else {
+                return false;
+            };
+            if g.load(Ordering::Acquire) >= gen {
+                return false;
+            }
+            g.store(gen, Ordering::Release);
+            if let Some(c) = self.seg.ns_word(ns, ns_word::INVALIDATIONS) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+            true
+        })
+    }
+
     /// Makes this namespace depend on `root`: invalidating `root` invalidates this one too.
     /// Stored in the segment, so it holds for every process. A namespace depends on at most
     /// 8 others; cycles are allowed (an invalidation bumps each namespace once).

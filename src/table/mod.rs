@@ -207,6 +207,19 @@ pub struct ShardView<'a> {
     gens: &'a [AtomicU64],
 }
 
+/// One entry copied out for a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exported {
+    /// Its namespace's slot.
+    pub ns: usize,
+    /// Its key, without the namespace tag.
+    pub key: Vec<u8>,
+    /// Its value.
+    pub value: Vec<u8>,
+    /// Its deadline on `CLOCK_MONOTONIC` (0 = never).
+    pub expires_at: u64,
+}
+
 /// Which entries a scan reports.
 #[derive(Clone, Copy, Debug)]
 pub enum Scope<'a> {

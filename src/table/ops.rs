@@ -387,6 +387,53 @@ impl ShardView<'_> {
         Ok(None)
     }
 
+    /// Copies out the live, current entries among the next `max` entries from chunk
+    /// `start` on (only namespace slot `only`'s, if given; entries whose checksum fails are
+    /// left out); returns where to resume.
+    pub fn export_from(
+        &mut self,
+        start: u32,
+        max: u32,
+        now: &mut Now,
+        only: Option<usize>,
+        out: &mut Vec<Exported>,
+    ) -> TResult<Option<u32>> {
+        let mut at = start;
+        for _ in 0..max {
+            let Some(r) = self.next_head(at) else {
+                return Ok(None);
+            };
+            at = r + 1;
+            let rec = *self.rec(r)?;
+            if rec.state & REC_STATE_MASK != REC_LIVE
+                || Self::expired(&rec, now)
+                || self.stale(r, &rec)?
+            {
+                continue;
+            }
+            let (ns, _) = self.tag_of(r, &rec)?;
+            if only.is_some_and(|o| o != ns) || (self.trailer != 0 && !self.checksum_ok(r)?) {
+                continue;
+            }
+            let skip = if rec.tagged() { TAG_LEN } else { 0 };
+            let klen = (rec.key_len as usize).saturating_sub(skip);
+            let mut key = Vec::with_capacity(klen);
+            self.pieces(r, skip, klen, |p| {
+                key.extend_from_slice(p);
+                true
+            })?;
+            let mut value = Vec::new();
+            self.read_value(r, &mut value)?;
+            out.push(Exported {
+                ns,
+                key,
+                value,
+                expires_at: rec.expires_at,
+            });
+        }
+        Ok(self.next_head(at))
+    }
+
     /// Counts the live entries in `scope` among the next `max` entries from chunk `start`
     /// on: (entries, their key + value bytes without tags, where to resume).
     pub fn count_from(

@@ -123,8 +123,9 @@ impl ShardView<'_> {
         Ok((ns as usize, gen))
     }
 
-    /// Whether entry `r` belongs to a namespace generation that is no longer current (it
-    /// is absent to every lookup; reclaiming it is up to the sweeps).
+    /// Whether entry `r` belongs to a namespace generation older than the current one (it
+    /// is absent to every lookup; reclaiming it is up to the sweeps). Generations only grow;
+    /// an entry of a newer one is a load being staged, not stale.
     pub(super) fn stale(&self, r: u32, rec: &Record) -> TResult<bool> {
         if self.gens.is_empty() {
             return Ok(false);
@@ -133,7 +134,7 @@ impl ShardView<'_> {
         Ok(self
             .gens
             .get(ns)
-            .map_or(true, |g| g.load(Ordering::Acquire) != gen))
+            .map_or(true, |g| g.load(Ordering::Acquire) > gen))
     }
 
     /// Whether the shard may hold entries of an invalidated generation.
