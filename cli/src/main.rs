@@ -128,6 +128,26 @@ enum Cmd {
     Clear { name: String },
     /// Remove the segment's name (processes that have it open keep their mapping).
     Unlink { name: String },
+    /// Write the cache's live entries (or one namespace's) to a snapshot file, replaced
+    /// atomically.
+    Save {
+        name: String,
+        file: std::path::PathBuf,
+        /// Only this namespace.
+        #[arg(long)]
+        ns: Option<String>,
+    },
+    /// Load a snapshot file; expired entries are skipped.
+    Load {
+        name: String,
+        file: std::path::PathBuf,
+        /// Into this namespace only.
+        #[arg(long)]
+        ns: Option<String>,
+        /// Replace each namespace's contents in one step instead of merging.
+        #[arg(long)]
+        replace: bool,
+    },
     /// Namespaces: list them, show one's figures, or clear one (every process sees it at
     /// once).
     Ns {
@@ -517,6 +537,53 @@ fn run(cmd: Cmd, ctx: Ctx) -> Result<Output, Error> {
             )
         }
         Cmd::Ns { cmd } => namespaces(cmd, ctx)?,
+        Cmd::Save { name, file, ns } => {
+            let c = open(&name)?;
+            let c = match ns {
+                Some(ns) => c.namespace(&ns)?,
+                None => c,
+            };
+            let r = c.save(&file)?;
+            Output::ok(
+                json!({ "entries": r.entries, "bytes": r.bytes, "file": file }),
+                ctx.said(format!(
+                    "saved {} entries ({}) to {}",
+                    r.entries,
+                    fmt_bytes(r.bytes),
+                    file.display()
+                )),
+            )
+        }
+        Cmd::Load {
+            name,
+            file,
+            ns,
+            replace,
+        } => {
+            let c = open(&name)?;
+            let c = match ns {
+                Some(ns) => c.namespace(&ns)?,
+                None => c,
+            };
+            let mode = if replace {
+                shmemcache::LoadMode::Replace
+            } else {
+                shmemcache::LoadMode::Merge
+            };
+            let r = c.load(&file, mode)?;
+            Output::ok(
+                json!({
+                    "entries": r.entries, "bytes": r.bytes,
+                    "skipped_expired": r.skipped_expired,
+                }),
+                ctx.said(format!(
+                    "loaded {} entries ({}), skipped {} expired",
+                    r.entries,
+                    fmt_bytes(r.bytes),
+                    r.skipped_expired
+                )),
+            )
+        }
         Cmd::Unlink { name } => {
             Cache::unlink(&name)?;
             let text = ctx.said(format!("unlinked {name}"));

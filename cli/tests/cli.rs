@@ -487,3 +487,35 @@ fn ns_list_stats_and_clear() {
     assert!(fails(&["ns", "stats", name, "ordrs"], 2).contains("no namespace"));
     assert_eq!(c.namespaces().len(), 3);
 }
+
+#[test]
+fn save_and_load_a_snapshot() {
+    let (a, b) = (Name::new("save-a"), Name::new("save-b"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.snap");
+    let f = file.to_str().unwrap();
+    text(&["create", &a.0, "--capacity", "1MiB", "--shards", "2"]);
+    text(&["create", &b.0, "--capacity", "1MiB", "--shards", "2"]);
+    let ca = Cache::open_existing(&a.0).unwrap();
+    ca.set(b"k1", b"v1").unwrap();
+    ca.namespace("users").unwrap().set(b"u", b"alice").unwrap();
+    let v = json(&["save", &a.0, f]);
+    assert_eq!(v["entries"], 2);
+    let v = json(&["load", &b.0, f]);
+    assert_eq!((v["entries"].as_u64(), v["skipped_expired"].as_u64()), (Some(2), Some(0)));
+    let cb = Cache::open_existing(&b.0).unwrap();
+    assert_eq!(cb.get(b"k1").unwrap().as_deref(), Some(&b"v1"[..]));
+    let users = cb.namespace("users").unwrap();
+    assert_eq!(users.get(b"u").unwrap().as_deref(), Some(&b"alice"[..]));
+    // Replace: what the file does not hold is gone.
+    cb.set(b"extra", b"x").unwrap();
+    json(&["load", &b.0, f, "--replace"]);
+    assert_eq!(cb.get(b"extra").unwrap(), None);
+    assert_eq!(cb.get(b"k1").unwrap().as_deref(), Some(&b"v1"[..]));
+    // A damaged file: a clear error, exit 2.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    assert!(fails(&["load", &b.0, f], 2).contains("cannot be loaded"));
+}
