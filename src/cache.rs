@@ -564,6 +564,8 @@ pub struct Cache {
     pub(crate) ns: usize,
     /// The generation this handle routes keys under, if fixed (a computation under way).
     pub(crate) pin: Option<u64>,
+    /// Set on a persistent namespace's handle: its hooks and autosync.
+    pub(crate) persist: Option<std::sync::Arc<crate::persist::PersistState>>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -591,6 +593,7 @@ impl Cache {
             seg: std::sync::Arc::new(seg),
             ns: 0,
             pin: None,
+            persist: None,
             geom,
             lock_timeout,
             liveness_interval,
@@ -610,6 +613,7 @@ impl Cache {
             fork_generation: self.fork_generation,
             ns: self.ns,
             pin: self.pin,
+            persist: self.persist.clone(),
         }
     }
 
@@ -984,6 +988,7 @@ impl Cache {
         })?;
         if matches!(s, Stored::Written { .. }) {
             self.ns_count(crate::layout::ns_word::SETS);
+            self.edited();
         }
         Ok(s)
     }
@@ -1039,26 +1044,38 @@ impl Cache {
     /// Removes `key` and returns its value.
     pub fn take(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let k = self.route(key)?;
-        self.with_shard(k.shard, |v| {
+        let v = self.with_shard(k.shard, |v| {
             let mut out = Vec::new();
             Ok(v.take(k.key(), &mut Now::lazy(monotonic_ns), &mut out)?
                 .then_some(out))
-        })
+        })?;
+        if v.is_some() {
+            self.edited();
+        }
+        Ok(v)
     }
 
     /// Removes `key`; true if it was present.
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
         let k = self.route(key)?;
-        self.with_shard(k.shard, |v| v.remove(k.key(), &mut Now::lazy(monotonic_ns)))
+        let gone = self.with_shard(k.shard, |v| v.remove(k.key(), &mut Now::lazy(monotonic_ns)))?;
+        if gone {
+            self.edited();
+        }
+        Ok(gone)
     }
 
     /// Changes the TTL of `key` (`None`: never expires); false if absent.
     pub fn expire(&self, key: &[u8], ttl: Option<Duration>) -> Result<bool> {
         let k = self.route(key)?;
         let at = self.deadline(ttl)?;
-        self.with_shard(k.shard, |v| {
+        let changed = self.with_shard(k.shard, |v| {
             v.set_deadline(k.key(), at, &mut Now::lazy(monotonic_ns))
-        })
+        })?;
+        if changed {
+            self.edited();
+        }
+        Ok(changed)
     }
 
     /// Atomically adds `delta` to the decimal integer at `key` and returns the result. A
@@ -1069,7 +1086,10 @@ impl Cache {
         match self.with_shard(k.shard, |v| {
             v.incr(k.key(), delta, d, &mut Now::lazy(monotonic_ns))
         })? {
-            Incr::Value(n) => Ok(n),
+            Incr::Value(n) => {
+                self.edited();
+                Ok(n)
+            }
             Incr::NotInteger => Err(Error::NotAnInteger),
             Incr::Overflow => Err(Error::Overflow),
         }

@@ -494,8 +494,11 @@ pub mod ns_word {
     pub const SETS: usize = 5;
     /// Generation bumps (clear, invalidate, a replacing load).
     pub const INVALIDATIONS: usize = 6;
-    /// The name, little-endian in six words. Words 14 to 31 are reserved (zero).
+    /// The name, little-endian in six words.
     pub const NAME: usize = 8;
+    /// Autosync's edit counters: a ring of 15 buckets, each `epoch << 24 | edits`.
+    /// Words 29 to 31 are reserved (zero).
+    pub const EDITS: usize = 14;
 }
 
 /// Default number of coordination slots.

@@ -117,6 +117,7 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("shmemcache needs Linux: robust process-shared mutexes and /dev/shm");
 
+mod autosync;
 mod cache;
 mod clock;
 mod coord;
@@ -135,6 +136,7 @@ mod memo;
 pub mod model;
 mod name;
 mod namespace;
+mod persist;
 mod snapshot;
 mod sync;
 mod sys;
@@ -153,6 +155,7 @@ pub mod support {
     }
 }
 
+pub use autosync::{AutoSync, EditWindow};
 pub use cache::{
     Cache, CheckReport, Expiry, Info, Keys, Options, RepairSummary, SetOutcome, ShardStats, Stats,
 };
@@ -161,6 +164,7 @@ pub use listing::{list_segments, SegmentListing};
 pub use memo::{ComputeError, ComputeOptions, Memo, MemoStats, MemoValue, OnError, Ttl};
 pub use name::{validate_name, MAX_NAME_LEN};
 pub use namespace::{NamespaceInfo, NamespaceStats};
+pub use persist::{Item, Persistence};
 pub use snapshot::{LoadMode, SnapshotReport, SNAPSHOT_VERSION};
 pub use sync::{CoordStats, LockGuard, OnceBusy, Pool};
 pub use typed::{Codec, Postcard, Typed};

@@ -133,18 +133,23 @@ impl Cache {
     /// # Ok::<(), shmemcache::Error>(())
     /// ```
     pub fn namespace(&self, name: &str) -> Result<Cache> {
+        Ok(self.with_namespace(self.ns_open(name)?.0))
+    }
+
+    /// The slot of namespace `name`, made if missing, and whether this call made it.
+    pub(crate) fn ns_open(&self, name: &str) -> Result<(usize, bool)> {
         if name.is_empty() || name.len() > NS_NAME_MAX || name.contains('\0') {
             return Err(Error::InvalidArgument(format!(
                 "namespace name {name:?} must be 1 to {NS_NAME_MAX} bytes, without NUL"
             )));
         }
-        match self.with_coord(|_| self.ns_find_or_create(name.as_bytes()))? {
-            Some(slot) => Ok(self.with_namespace(slot)),
-            None => Err(Error::InvalidArgument(format!(
-                "the cache already has {} namespaces, the most it holds",
-                NS_SLOTS - 1
-            ))),
-        }
+        self.with_coord(|_| self.ns_find_or_create(name.as_bytes()))?
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "the cache already has {} namespaces, the most it holds",
+                    NS_SLOTS - 1
+                ))
+            })
     }
 
     /// The namespace this handle addresses: `None` for the default namespace.
@@ -346,7 +351,16 @@ impl Cache {
     pub(crate) fn with_namespace(&self, slot: usize) -> Cache {
         let mut c = self.clone_handle();
         c.ns = slot;
+        c.pin = None;
+        c.persist = None;
         c
+    }
+
+    /// The slots that depend on slot `s` directly.
+    pub(crate) fn ns_dependents(&self, s: usize) -> Vec<usize> {
+        (0..NS_SLOTS)
+            .filter(|&d| self.ns_used(d) && self.ns_parents(d).contains(&(s as u8 + 1)))
+            .collect()
     }
 
     /// Counts an event of a named namespace (the default one uses the shard counters).
@@ -452,7 +466,7 @@ impl Cache {
 
     /// The slot named `name`, claimed if there is none; `None` when the table is full
     /// (caller holds the coordination lock; nothing here allocates).
-    fn ns_find_or_create(&self, name: &[u8]) -> Option<usize> {
+    pub(crate) fn ns_find_or_create(&self, name: &[u8]) -> Option<(usize, bool)> {
         let mut free = None;
         for s in 1..NS_SLOTS {
             if !self.ns_used(s) {
@@ -461,7 +475,7 @@ impl Cache {
             }
             let (b, n) = self.ns_name_bytes(s);
             if &b[..n] == name {
-                return Some(s);
+                return Some((s, false));
             }
         }
         let s = free?;
@@ -489,6 +503,6 @@ impl Cache {
         if let Some(st) = self.seg.ns_word(s, ns_word::STATE) {
             st.store(1 | (name.len() as u64) << 8, Ordering::Release);
         }
-        Some(s)
+        Some((s, true))
     }
 }

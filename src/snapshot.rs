@@ -194,7 +194,109 @@ fn parse(b: &[u8]) -> std::result::Result<(u64, Vec<Entry<'_>>), String> {
     }
 }
 
+/// Writes `items` (of one namespace) to `path` as a snapshot, replacing it atomically.
+pub(crate) fn write_items(path: &Path, items: &[crate::persist::Item]) -> Result<SnapshotReport> {
+    let io = |op| {
+        move |source| Error::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let mut file = AtomicFile::create(path).map_err(io("create a temporary file for"))?;
+    let mut buf = Vec::with_capacity(HEADER_LEN + 64 * items.len());
+    buf.extend_from_slice(&header(unix_ns()));
+    let mut report = SnapshotReport::default();
+    for it in items {
+        let ttl_ns = it.ttl.map_or(0, |d| (d.as_nanos() as u64).max(1));
+        put_entry(
+            &mut buf,
+            &Entry {
+                ns: "",
+                key: &it.key,
+                value: &it.value,
+                ttl_ns,
+            },
+        );
+        report.entries += 1;
+        report.bytes += (it.key.len() + it.value.len()) as u64;
+    }
+    put_end(&mut buf, report.entries);
+    file.file().write_all(&buf).map_err(io("write"))?;
+    fault::hit(FaultPoint::SnapshotMidWrite);
+    file.commit().map_err(io("replace"))?;
+    Ok(report)
+}
+
+/// Reads the snapshot at `path` as items with what remains of their TTLs (expired ones
+/// left out); `None` if there is no such file.
+pub(crate) fn read_items(path: &Path) -> Result<Option<Vec<crate::persist::Item>>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(Error::Io {
+                op: "read",
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let (saved, entries) = parse(&bytes).map_err(|reason| Error::BadSnapshot {
+        path: path.to_path_buf(),
+        reason,
+    })?;
+    let elapsed = unix_ns().saturating_sub(saved);
+    Ok(Some(
+        entries
+            .iter()
+            .filter(|e| e.ttl_ns == 0 || e.ttl_ns > elapsed)
+            .map(|e| crate::persist::Item {
+                key: e.key.to_vec(),
+                value: e.value.to_vec(),
+                ttl: (e.ttl_ns != 0).then(|| std::time::Duration::from_nanos(e.ttl_ns - elapsed)),
+            })
+            .collect(),
+    ))
+}
+
 impl Cache {
+    /// This namespace's live entries, copied out one bounded batch per lock hold, with
+    /// what remains of their TTLs.
+    pub(crate) fn export_items(&self) -> Result<Vec<crate::persist::Item>> {
+        let mut items = Vec::new();
+        let mut out = Vec::new();
+        for s in 0..self.geom.shard_count as usize {
+            let mut at = Some(0);
+            while let Some(start) = at {
+                at = self.with_shard(s, |v| {
+                    out.clear();
+                    v.export_from(
+                        start,
+                        SCAN_BATCH,
+                        &mut Now::lazy(monotonic_ns),
+                        Some(self.ns),
+                        &mut out,
+                    )
+                })?;
+                let now = monotonic_ns();
+                for e in out.drain(..) {
+                    let ttl = match e.expires_at {
+                        0 => None,
+                        at if at <= now => continue,
+                        at => Some(std::time::Duration::from_nanos(at - now)),
+                    };
+                    items.push(crate::persist::Item {
+                        key: e.key,
+                        value: e.value,
+                        ttl,
+                    });
+                }
+            }
+        }
+        Ok(items)
+    }
+
     /// Writes this cache's live entries to `path`: on the default handle, every namespace's;
     /// on a [namespace](Self::namespace) handle, that namespace's. Each entry keeps its
     /// remaining TTL. Shard locks are taken one at a time, for one bounded batch each, so

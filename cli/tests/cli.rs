@@ -502,7 +502,10 @@ fn save_and_load_a_snapshot() {
     let v = json(&["save", &a.0, f]);
     assert_eq!(v["entries"], 2);
     let v = json(&["load", &b.0, f]);
-    assert_eq!((v["entries"].as_u64(), v["skipped_expired"].as_u64()), (Some(2), Some(0)));
+    assert_eq!(
+        (v["entries"].as_u64(), v["skipped_expired"].as_u64()),
+        (Some(2), Some(0))
+    );
     let cb = Cache::open_existing(&b.0).unwrap();
     assert_eq!(cb.get(b"k1").unwrap().as_deref(), Some(&b"v1"[..]));
     let users = cb.namespace("users").unwrap();

@@ -730,6 +730,23 @@ impl Segment {
         unsafe { std::slice::from_raw_parts(p.cast::<AtomicU64>(), NS_SLOTS) }
     }
 
+    /// Words `first..first + count` of namespace slot `slot` (empty if out of range).
+    pub fn ns_words(&self, slot: usize, first: usize, count: usize) -> &[AtomicU64] {
+        use crate::layout::{NS_SLOTS, NS_WORDS};
+        if slot >= NS_SLOTS || first + count > NS_WORDS {
+            return &[];
+        }
+        let off = self.geom.ns_offset + 8 * NS_SLOTS + 8 * (slot * NS_WORDS + first);
+        if off + 8 * count > self.map.len() {
+            return &[];
+        }
+        let p = self.map.as_mut_ptr().wrapping_add(off);
+        // SAFETY: the `count` words at `off` lie inside the mapping (checked above) and are
+        // 8-byte aligned; they are only ever accessed atomically, and `AtomicU64` has the
+        // layout of `u64`.
+        unsafe { std::slice::from_raw_parts(p.cast::<AtomicU64>(), count) }
+    }
+
     /// Word `word` of namespace slot `slot`, or `None` if either is out of range.
     pub fn ns_word(&self, slot: usize, word: usize) -> Option<&AtomicU64> {
         use crate::layout::{NS_SLOTS, NS_WORDS};

@@ -405,13 +405,15 @@ impl ShardView<'_> {
             };
             at = r + 1;
             let rec = *self.rec(r)?;
-            if rec.state & REC_STATE_MASK != REC_LIVE
-                || Self::expired(&rec, now)
-                || self.stale(r, &rec)?
-            {
+            if rec.state & REC_STATE_MASK != REC_LIVE || Self::expired(&rec, now) {
                 continue;
             }
-            let (ns, _) = self.tag_of(r, &rec)?;
+            // Only the current generation: not an invalidated one, not a load being staged.
+            let (ns, gen) = self.tag_of(r, &rec)?;
+            let current = self.gens.get(ns).map(|g| g.load(Ordering::Acquire));
+            if !self.gens.is_empty() && current != Some(gen) {
+                continue;
+            }
             if only.is_some_and(|o| o != ns) || (self.trailer != 0 && !self.checksum_ok(r)?) {
                 continue;
             }
