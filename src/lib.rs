@@ -51,6 +51,13 @@
 //! [`macro@memoize`] the attribute that writes one for you. Their counters
 //! ([`MemoStats`]) are machine-wide and apart from the cache's hit ratio.
 //!
+//! **Namespaces and persistence.** [`Cache::namespace`] gives a named part of the cache with
+//! the whole API; [`Cache::invalidate`] drops a namespace and those that
+//! [depend on it](Cache::depends_on) for every process at once (one atomic store).
+//! [`Cache::save`] and [`Cache::load`] write and read snapshot files, and
+//! [`Cache::persistent_namespace`] warm-starts a namespace from its last snapshot, runs
+//! [`Persistence`] hooks and saves by [`AutoSync`]'s rule.
+//!
 //! **Locks, once and pools** across processes: [`Cache::lock`] / [`Cache::try_lock`]
 //! (owner-checked release, expiry, dead holders reclaimed), [`Cache::once`] and
 //! [`Cache::pool`] (at most N holders machine-wide).
