@@ -1137,7 +1137,8 @@ impl Cache {
         Ok(self.len()? == 0)
     }
 
-    /// Counters per shard and in total.
+    /// Counters per shard and in total, for the whole cache whatever namespace this handle
+    /// addresses; [`namespace_stats`](Self::namespace_stats) gives one namespace's.
     pub fn stats(&self) -> Result<Stats> {
         let mut st = Stats::default();
         for s in 0..self.geom.shard_count as usize {

@@ -559,6 +559,81 @@ mod tests {
     }
 
     #[test]
+    fn tagged_entries_of_an_old_generation_are_invisible_then_reclaimed() {
+        let g = small_geometry();
+        let mut s = HeapShard::new(g);
+        let gens: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(0)).collect();
+        let mut v = s.view().with_generations(&gens);
+        let tagged = |ns: u32, gen: u64, k: &[u8]| {
+            let mut b = ns.to_le_bytes().to_vec();
+            b.extend_from_slice(&gen.to_le_bytes());
+            b.extend_from_slice(k);
+            b
+        };
+        fn key(seed: u64, b: &[u8]) -> Key<'_> {
+            Key {
+                bytes: b,
+                hash: key_hash(seed, b) as u32,
+                tagged: true,
+            }
+        }
+        let seed = g.hash_seed;
+        let (a0, plain) = (tagged(1, 0, b"k"), b"k".to_vec());
+        let mut now = Now::fixed(1);
+        v.store(
+            key(seed, &a0),
+            b"ns",
+            Deadline::At(0),
+            StoreMode::Set,
+            &mut now,
+        )
+        .unwrap();
+        v.store(
+            Key::plain(g.hash_seed, &plain),
+            b"root",
+            Deadline::At(0),
+            StoreMode::Set,
+            &mut now,
+        )
+        .unwrap();
+        // The same bytes untagged are another key.
+        let mut untagged_a0 = key(seed, &a0);
+        untagged_a0.tagged = false;
+        assert_eq!(v.lookup(untagged_a0, &mut now).unwrap(), None);
+        assert!(v.lookup(key(seed, &a0), &mut now).unwrap().is_some());
+        assert_eq!(v.meta.tagged, 1);
+        v.validate().unwrap();
+        // A newer generation: the entry is stale; staged ones (newer still) are not.
+        gens[1].store(2, Ordering::Release);
+        let staged = tagged(1, 5, b"s");
+        v.store(
+            key(seed, &staged),
+            b"staged",
+            Deadline::At(0),
+            StoreMode::Set,
+            &mut now,
+        )
+        .unwrap();
+        // The store's sweep or the flush reclaims the stale entry, and only it.
+        let mut at = Some(0);
+        while let Some(start) = at {
+            at = v.flush_expired_from(start, 2, &mut now).unwrap().1;
+        }
+        assert_eq!((v.meta.invalidated, v.meta.len), (1, 2));
+        assert_eq!(v.meta.tagged, 1);
+        let mut out = Vec::new();
+        let t = tagged(1, 5, b"");
+        let tag: &[u8; crate::layout::TAG_LEN] = t[..].try_into().unwrap();
+        v.keys_from(0, 10, &mut now, Scope::Tag(tag), &mut out)
+            .unwrap();
+        assert_eq!(out, vec![b"s".to_vec()]);
+        let rep = v.repair();
+        assert_eq!((rep.kept, rep.dropped), (2, 0));
+        assert_eq!(v.meta.tagged, 1);
+        v.validate().unwrap();
+    }
+
+    #[test]
     fn repair_survives_arbitrary_garbage() {
         let g = small_geometry();
         let seeds = if cfg!(miri) { 8 } else { 200u64 };
