@@ -251,6 +251,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "10,000 edits: too slow under Miri")]
     fn defaults_use_minute_buckets() {
         let mut w = EditWindow::new(AutoSync::new());
         let t0 = s(60 * 1_000);

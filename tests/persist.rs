@@ -233,3 +233,48 @@ fn hooks_validate_build_and_transform_copies() {
     assert_eq!(rebuilt.get(b"apple").unwrap(), None);
     assert!(rebuilt.get(b"fresh").unwrap().is_some());
 }
+
+/// A saver killed with `kill -9` while it holds the machine-wide save: the next process's
+/// autosync takes the save over, and the file holds its edits.
+#[test]
+fn a_saver_that_dies_mid_save_is_taken_over() {
+    use common::{kill9, wait_stopped};
+    use shmemcache::fault::{self, FaultAction, FaultPoint};
+    let dir = tempfile::tempdir().unwrap();
+    let rule = || AutoSync::new().thresholds(&[(s(1), 2)]);
+    let name = Name::new("persist-takeover");
+    let cache = opts().create(&name).unwrap();
+    let file = Persistence::new(dir.path()).file_of("jobs");
+    let (n, d) = (name.0.clone(), dir.path().to_path_buf());
+    let saver = spawn(move || {
+        let c = Cache::open_existing(&n).unwrap();
+        let ns = c
+            .persistent_namespace("jobs", Persistence::new(d).autosync(rule()))
+            .unwrap();
+        // The autosync thread stops the whole process inside its save.
+        fault::arm(FaultPoint::SnapshotMidWrite, FaultAction::Stop);
+        ns.set(b"a", b"1").unwrap();
+        ns.set(b"b", b"2").unwrap(); // two edits in a second: a save starts
+        std::thread::sleep(s(10));
+        0
+    });
+    wait_stopped(saver);
+    kill9(saver);
+    assert!(!file.exists(), "the killed save left no file");
+    // This process edits: its autosync takes over the save the dead one held.
+    let jobs = cache
+        .persistent_namespace("jobs", Persistence::new(dir.path()).autosync(rule()))
+        .unwrap();
+    jobs.set(b"c", b"3").unwrap();
+    jobs.set(b"d", b"4").unwrap();
+    let t = Instant::now();
+    while saved_entries(&file) < 4 && t.elapsed() < s(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(saved_entries(&file), 4);
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["jobs.snap"]);
+}
