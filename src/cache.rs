@@ -48,6 +48,7 @@ pub struct Options {
     allow_foreign_owner: bool,
     coord_slots: u32,
     liveness_interval: Duration,
+    persist: Option<crate::persist::Persistence>,
 }
 
 impl Default for Options {
@@ -67,6 +68,7 @@ impl Default for Options {
             init_timeout: Duration::from_secs(10),
             checksums: false,
             allow_foreign_owner: false,
+            persist: None,
         }
     }
 }
@@ -173,6 +175,21 @@ impl Options {
         self.liveness_interval = t;
         self
     }
+    /// Keeps the cache on disk: the default namespace, and every namespace opened through
+    /// the handle with [`Cache::namespace`], become persistent namespaces with `p` (a
+    /// directory, or a [`Persistence`](crate::Persistence) with hooks and autosync rule).
+    /// When this call creates the segment (after a reboot, say), the default namespace
+    /// warm-starts from its last snapshot; see [`Cache::persistent_namespace`].
+    ///
+    /// ```no_run
+    /// let cache = shmemcache::Options::new().persist("/var/lib/app/cache").open("app")?;
+    /// cache.set(b"k", b"v")?; // saved by autosync's rule
+    /// # Ok::<(), shmemcache::Error>(())
+    /// ```
+    pub fn persist(mut self, p: impl Into<crate::persist::Persistence>) -> Self {
+        self.persist = Some(p.into());
+        self
+    }
     /// Join segments owned by another user (refused by default).
     pub fn allow_foreign_owner(mut self, yes: bool) -> Self {
         self.allow_foreign_owner = yes;
@@ -263,12 +280,14 @@ impl Options {
         } else {
             differences(&geometry, seg.geometry())
         };
-        Ok(Cache::from_segment(
-            seg,
-            self.lock_timeout,
-            self.liveness_interval,
-            adopted,
-        ))
+        let created = seg.created();
+        let mut cache =
+            Cache::from_segment(seg, self.lock_timeout, self.liveness_interval, adopted);
+        if let Some(p) = &self.persist {
+            cache.make_persistent("", p.clone(), created)?;
+            cache.auto_persist = Some(std::sync::Arc::new(p.clone()));
+        }
+        Ok(cache)
     }
 
     /// Joins `name`, creating it with these options if it does not exist.
@@ -566,6 +585,8 @@ pub struct Cache {
     pub(crate) pin: Option<u64>,
     /// Set on a persistent namespace's handle: its hooks and autosync.
     pub(crate) persist: Option<std::sync::Arc<crate::persist::PersistState>>,
+    /// Set by [`Options::persist`]: every namespace opened through this handle persists.
+    pub(crate) auto_persist: Option<std::sync::Arc<crate::persist::Persistence>>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -594,6 +615,7 @@ impl Cache {
             ns: 0,
             pin: None,
             persist: None,
+            auto_persist: None,
             geom,
             lock_timeout,
             liveness_interval,
@@ -614,6 +636,7 @@ impl Cache {
             ns: self.ns,
             pin: self.pin,
             persist: self.persist.clone(),
+            auto_persist: self.auto_persist.clone(),
         }
     }
 

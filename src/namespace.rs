@@ -13,6 +13,7 @@ use crate::cache::{Cache, SCAN_BATCH};
 use crate::clock::monotonic_ns;
 use crate::error::{Error, Result};
 use crate::layout::{ns_word, NS_NAME_MAX, NS_SLOTS, TAG_LEN};
+use crate::persist::Persistence;
 use crate::table::{Key, Now, Scope};
 use std::sync::atomic::Ordering;
 
@@ -133,6 +134,9 @@ impl Cache {
     /// # Ok::<(), shmemcache::Error>(())
     /// ```
     pub fn namespace(&self, name: &str) -> Result<Cache> {
+        if let Some(p) = &self.auto_persist {
+            return self.persistent_namespace(name, Persistence::clone(p));
+        }
         Ok(self.with_namespace(self.ns_open(name)?.0))
     }
 

@@ -63,6 +63,24 @@ pub struct Persistence {
     post_load: Option<Arc<Transform>>,
 }
 
+impl From<PathBuf> for Persistence {
+    fn from(dir: PathBuf) -> Persistence {
+        Persistence::new(dir)
+    }
+}
+
+impl From<&Path> for Persistence {
+    fn from(dir: &Path) -> Persistence {
+        Persistence::new(dir)
+    }
+}
+
+impl From<&str> for Persistence {
+    fn from(dir: &str) -> Persistence {
+        Persistence::new(dir)
+    }
+}
+
 impl std::fmt::Debug for Persistence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Persistence")
@@ -123,8 +141,12 @@ impl Persistence {
         self
     }
 
-    /// The snapshot file of namespace `ns`.
+    /// The snapshot file of namespace `ns` (`@default.snap` for the default namespace,
+    /// `""`).
     pub fn file_of(&self, ns: &str) -> PathBuf {
+        if ns.is_empty() {
+            return self.dir.join("@default.snap");
+        }
         self.dir.join(format!("{}.snap", escape(ns)))
     }
 }
@@ -170,17 +192,25 @@ impl Cache {
     pub fn persistent_namespace(&self, name: &str, p: Persistence) -> Result<Cache> {
         let (slot, made) = self.ns_open(name)?;
         let mut h = self.with_namespace(slot);
-        h.persist = Some(Arc::new(PersistState {
+        h.auto_persist = self.auto_persist.clone();
+        h.make_persistent(name, p, made)?;
+        Ok(h)
+    }
+
+    /// Attaches persistence `p` to this handle's namespace (`name`, "" for the default
+    /// one), warm-starting it if `made` (this process just made it).
+    pub(crate) fn make_persistent(&mut self, name: &str, p: Persistence, made: bool) -> Result<()> {
+        self.persist = Some(Arc::new(PersistState {
             cfg: p,
             name: name.to_string(),
             saving: AtomicBool::new(false),
             timer: AtomicU64::new(0),
         }));
         if made {
-            h.warm_start()?;
+            self.warm_start()?;
         }
-        h.start_timer();
-        Ok(h)
+        self.start_timer();
+        Ok(())
     }
 
     fn persist_state(&self) -> Result<&Arc<PersistState>> {

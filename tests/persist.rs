@@ -278,3 +278,35 @@ fn a_saver_that_dies_mid_save_is_taken_over() {
         .collect();
     assert_eq!(names, ["jobs.snap"]);
 }
+
+/// `Options::persist(dir)`: the default namespace and every namespace opened through the
+/// handle persist, and a new segment warm-starts from them.
+#[test]
+fn options_persist_covers_the_default_namespace_and_every_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = Name::new("persist-options");
+    {
+        let cache = opts().persist(dir.path()).create(&name).unwrap();
+        cache.set(b"root-key", b"r").unwrap();
+        let users = cache.namespace("users").unwrap();
+        users.set_ttl(b"alice", b"1", Some(s(600))).unwrap();
+        cache.save_now().unwrap();
+        users.save_now().unwrap();
+        assert!(Persistence::new(dir.path()).file_of("").exists());
+    }
+    drop(name);
+    let name = Name::new("persist-options-2");
+    let cache = opts().persist(dir.path()).create(&name).unwrap();
+    assert_eq!(cache.get(b"root-key").unwrap().as_deref(), Some(&b"r"[..]));
+    assert_eq!(cache.len().unwrap(), 1);
+    let users = cache.namespace("users").unwrap();
+    assert_eq!(users.get(b"alice").unwrap().as_deref(), Some(&b"1"[..]));
+    assert!(matches!(users.ttl(b"alice").unwrap(), Some(Expiry::In(_))));
+    // A joiner does not load again: it sees what is there.
+    cache.set(b"root-key", b"changed").unwrap();
+    let joined = opts().persist(dir.path()).open(&name).unwrap();
+    assert_eq!(
+        joined.get(b"root-key").unwrap().as_deref(),
+        Some(&b"changed"[..])
+    );
+}
