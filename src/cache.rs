@@ -49,6 +49,22 @@ pub struct Options {
     coord_slots: u32,
     liveness_interval: Duration,
     persist: Option<crate::persist::Persistence>,
+    recency: Recency,
+}
+
+/// How gets keep recency ([`Options::recency`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Recency {
+    /// A get marks its entry accessed (one store, only if not marked yet); eviction walks
+    /// from the LRU tail and moves an entry accessed since it was placed to the head
+    /// instead of evicting it, clearing the mark (lazy promotion, "second chance", as
+    /// memcached does). An entry read since it was last placed is never evicted before one
+    /// that has not been.
+    #[default]
+    Lazy,
+    /// Every get moves its entry to the head of the LRU list: strict LRU order, at the
+    /// cost of writing three records' links per get.
+    Exact,
 }
 
 impl Default for Options {
@@ -69,6 +85,7 @@ impl Default for Options {
             checksums: false,
             allow_foreign_owner: false,
             persist: None,
+            recency: Recency::Lazy,
         }
     }
 }
@@ -190,6 +207,12 @@ impl Options {
         self.persist = Some(p.into());
         self
     }
+    /// How gets keep recency (default [`Recency::Lazy`]). Fixed at creation; joiners adopt
+    /// it.
+    pub fn recency(mut self, r: Recency) -> Self {
+        self.recency = r;
+        self
+    }
     /// Join segments owned by another user (refused by default).
     pub fn allow_foreign_owner(mut self, yes: bool) -> Self {
         self.allow_foreign_owner = yes;
@@ -256,6 +279,10 @@ impl Options {
         )
         .and_then(|g| g.with_coord_slots(self.coord_slots))
         .and_then(|g| g.with_checksums(self.checksums))
+        .map(|mut g| {
+            g.exact_lru = self.recency == Recency::Exact;
+            g
+        })
         .map_err(bad)
     }
 
@@ -347,6 +374,7 @@ fn differences(asked: &Geometry, got: &Geometry) -> Vec<String> {
     );
     cmp("default TTL (ns)", asked.default_ttl_ns, got.default_ttl_ns);
     cmp("checksums", asked.checksums as u64, got.checksums as u64);
+    cmp("exact LRU", asked.exact_lru as u64, got.exact_lru as u64);
     cmp(
         "coordination slots",
         asked.coord.slots as u64,
@@ -555,6 +583,8 @@ pub struct Info {
     pub coord_slots: u32,
     /// Whether every entry carries a checksum of its key and value.
     pub checksums: bool,
+    /// How gets keep recency.
+    pub recency: Recency,
 }
 
 /// A handle on a shared cache. Cheap to share between threads (`Send + Sync`); each
@@ -723,6 +753,11 @@ impl Cache {
             fixed_overhead_bytes: g.fixed_overhead_bytes(),
             coord_slots: g.coord.slots,
             checksums: g.checksums,
+            recency: if g.exact_lru {
+                Recency::Exact
+            } else {
+                Recency::Lazy
+            },
         }
     }
 
@@ -749,13 +784,18 @@ impl Cache {
         if died || view.meta.dirty != 0 {
             Self::recover(&mut view);
         }
-        view.meta.dirty = 1;
+        // Ablation (benches/ablation.patch): no dirty marker.
+        if option_env!("ABLATE_BOOKKEEPING").is_none() {
+            view.meta.dirty = 1;
+        }
         fault::hit(FaultPoint::LockHeld);
         let result = match op(&mut view) {
             Err(TableError::Corrupt(_)) => self.repair_and_retry(&mut view, op),
             other => other,
         };
-        view.meta.dirty = 0;
+        if option_env!("ABLATE_BOOKKEEPING").is_none() {
+            view.meta.dirty = 0;
+        }
         result.map_err(|e| self.corrupted(e))
     }
 

@@ -94,7 +94,7 @@ pub struct Header {
     /// Process id of the creator: with `creator_start` it tells whether the creator of a
     /// segment never marked ready is still alive.
     pub creator_pid: u32,
-    /// Feature bits: [`FLAG_CHECKSUMS`].
+    /// Feature bits: [`FLAG_CHECKSUMS`], [`FLAG_EXACT_LRU`].
     pub flags: u32,
     /// Byte offset of the coordination area (after the last shard).
     pub coord_offset: u64,
@@ -108,6 +108,8 @@ pub struct Header {
 
 /// [`Header::flags`]: every entry carries an 8-byte checksum of its key and value.
 pub const FLAG_CHECKSUMS: u32 = 1;
+/// [`Header::flags`]: every get moves its entry to the head of the LRU list (strict LRU).
+pub const FLAG_EXACT_LRU: u32 = 2;
 /// Bytes of an entry's checksum, stored after its value when checksums are on.
 pub const CHECKSUM_LEN: usize = 8;
 
@@ -266,10 +268,10 @@ impl Record {
         self.state & REC_TAGGED != 0
     }
 
-    /// The state with `s` as its value, keeping the tag.
+    /// The state with `s` as its value, keeping the tag and the accessed mark.
     #[inline]
     pub fn with_state(&self, s: u16) -> u16 {
-        (self.state & REC_TAGGED) | s
+        (self.state & (REC_TAGGED | REC_ACCESSED)) | s
     }
 }
 
@@ -286,6 +288,9 @@ pub const REC_VISITED: u16 = 0x0100;
 /// The entry belongs to a namespace: its key bytes start with the namespace's index (u32
 /// LE) and the generation it was written under (u64 LE), [`TAG_LEN`] bytes in all.
 pub const REC_TAGGED: u16 = 0x0200;
+/// The entry was read since it was last placed at the head of the LRU list (lazy
+/// promotion: eviction moves it to the head instead of evicting it).
+pub const REC_ACCESSED: u16 = 0x0400;
 /// Bytes of the namespace tag that starts a tagged entry's key.
 pub const TAG_LEN: usize = 12;
 /// Mark bit in a chunk link, used by repair and validation only.
@@ -529,6 +534,9 @@ pub struct Geometry {
     pub hash_seed: u64,
     /// Every entry carries a checksum of its key and value ([`FLAG_CHECKSUMS`]).
     pub checksums: bool,
+    /// Every get moves its entry to the head of the LRU list ([`FLAG_EXACT_LRU`]); else a
+    /// get marks it accessed and eviction gives it a second chance.
+    pub exact_lru: bool,
     /// Section offsets.
     pub shard: ShardLayout,
     /// Offset of shard 0 in the segment.
@@ -677,6 +685,7 @@ impl Geometry {
             default_ttl_ns,
             hash_seed,
             checksums: false,
+            exact_lru: false,
             shard,
             shards_offset: SHARDS_OFFSET,
             coord: CoordLayout {
@@ -776,10 +785,11 @@ impl Geometry {
             h.hash_seed,
         )?
         .with_coord_slots(h.coord_slots)?;
-        if h.flags & !FLAG_CHECKSUMS != 0 {
+        if h.flags & !(FLAG_CHECKSUMS | FLAG_EXACT_LRU) != 0 {
             return Err(format!("unknown feature flags {:#x}", h.flags));
         }
-        let g = g.with_checksums(h.flags & FLAG_CHECKSUMS != 0)?;
+        let mut g = g.with_checksums(h.flags & FLAG_CHECKSUMS != 0)?;
+        g.exact_lru = h.flags & FLAG_EXACT_LRU != 0;
         if g.buckets != h.buckets
             || g.coord.offset as u64 != h.coord_offset
             || g.shard.stride as u64 != h.shard_stride
@@ -815,7 +825,8 @@ impl Geometry {
             shards_offset: self.shards_offset as u64,
             total_size: self.total_size as u64,
             creator_pid,
-            flags: if self.checksums { FLAG_CHECKSUMS } else { 0 },
+            flags: if self.checksums { FLAG_CHECKSUMS } else { 0 }
+                | if self.exact_lru { FLAG_EXACT_LRU } else { 0 },
             coord_offset: self.coord.offset as u64,
             creator_start,
             checksum: 0,

@@ -28,6 +28,9 @@
 //! for lack of space when the entry is within the limits.
 //!
 //! The cache is split into shards (16 by default), each behind its own robust mutex, and
+//! Recency is lazy by default ([`Recency`]): a get marks its entry accessed, and eviction
+//! gives accessed entries a second chance; strict LRU order is an option.
+//!
 //! **`max_entries` and LRU order are kept per shard**: each shard holds `max_entries /
 //! shards` entries and evicts its own least recently used one. With `shards(1)` both are
 //! exact for the whole cache; with more, an entry can be evicted while a less recently used
@@ -164,7 +167,8 @@ pub mod support {
 
 pub use autosync::{AutoSync, EditWindow};
 pub use cache::{
-    Cache, CheckReport, Expiry, Info, Keys, Options, RepairSummary, SetOutcome, ShardStats, Stats,
+    Cache, CheckReport, Expiry, Info, Keys, Options, Recency, RepairSummary, SetOutcome,
+    ShardStats, Stats,
 };
 pub use error::{Error, Result, COORDINATION_LOCK};
 pub use listing::{list_segments, SegmentListing};

@@ -52,11 +52,15 @@ struct Entry {
     key: Vec<u8>,
     value: Vec<u8>,
     expires: u64,
+    /// Read since it was last placed at the head (lazy promotion).
+    accessed: bool,
 }
 
-/// The reference: entries in LRU order, most recent first, with the same capacity rules.
+/// The reference: entries in LRU order, most recent first, with the same capacity rules
+/// and the same recency rule (strict, or lazy promotion with a second chance).
 pub struct Model {
     entries: Vec<Entry>,
+    exact_lru: bool,
     max_entries: usize,
     chunks: usize,
     chunk_size: usize,
@@ -67,6 +71,7 @@ impl Model {
     pub fn new(g: &Geometry) -> Model {
         Model {
             entries: Vec::new(),
+            exact_lru: g.exact_lru,
             max_entries: g.entry_capacity() as usize,
             chunks: g.chunks_per_shard as usize,
             chunk_size: g.chunk_size as usize,
@@ -113,7 +118,13 @@ impl Model {
                 .rev()
                 .find(|&i| Some(self.entries[i].key.as_slice()) != keep)
                 .expect("geometry guarantees room");
-            self.entries.remove(victim);
+            let mut e = self.entries.remove(victim);
+            if e.accessed {
+                // A second chance: back to the head, unmarked.
+                e.accessed = false;
+                self.entries.insert(0, e);
+                continue;
+            }
             evicted += 1;
         }
     }
@@ -141,6 +152,7 @@ impl Model {
                 let i = self.pos(key).expect("kept");
                 let mut e = self.entries.remove(i);
                 e.value = value.to_vec();
+                e.accessed = false;
                 if let Some(t) = exp {
                     e.expires = t;
                 }
@@ -155,6 +167,7 @@ impl Model {
                         key: key.to_vec(),
                         value: value.to_vec(),
                         expires: exp.unwrap_or(0),
+                        accessed: false,
                     },
                 );
                 ev
@@ -165,6 +178,10 @@ impl Model {
 
     fn get(&mut self, key: &[u8]) -> Option<Vec<u8>> {
         let i = self.pos(key)?;
+        if !self.exact_lru {
+            self.entries[i].accessed = true;
+            return Some(self.entries[i].value.clone());
+        }
         let e = self.entries.remove(i);
         let v = e.value.clone();
         self.entries.insert(0, e);
@@ -259,7 +276,13 @@ impl Op {
 /// last write and the table must never return anything else (no stale, expired, deleted
 /// or torn value).
 pub fn run(ops: &[Op], flush_on_advance: bool) -> Result<(), String> {
-    let g = small_geometry();
+    run_with(ops, flush_on_advance, false)
+}
+
+/// [`run`] with strict LRU order (`exact_lru`) or lazy promotion.
+pub fn run_with(ops: &[Op], flush_on_advance: bool, exact_lru: bool) -> Result<(), String> {
+    let mut g = small_geometry();
+    g.exact_lru = exact_lru;
     let mut shard = HeapShard::new(g);
     let exact = flush_on_advance;
     let mut model = if exact {

@@ -373,3 +373,67 @@ fn with_checksums_a_damaged_value_is_a_counted_miss_never_returned() {
     let joined = Options::new().open_existing(c.name()).unwrap();
     assert!(joined.info().checksums);
 }
+
+/// Lazy promotion's guarantee: an entry read since it was last placed is never evicted
+/// before one that has not been read.
+#[test]
+fn entries_read_since_placed_outlive_unread_ones() {
+    let s = seg(
+        "lazy",
+        Options::new()
+            .capacity_bytes(1 << 20)
+            .shards(1)
+            .max_entries(100),
+    );
+    let c = &s.0;
+    for i in 0..100u32 {
+        c.set(&i.to_le_bytes(), b"v").unwrap();
+    }
+    // Read every third entry, in no particular order.
+    let read: Vec<u32> = (0..100).filter(|i| i % 3 == 0).rev().collect();
+    for i in &read {
+        assert!(c.get(&i.to_le_bytes()).unwrap().is_some());
+    }
+    let unread = 100 - read.len() as u32;
+    // Each new entry evicts one; the unread go first, all of them, before any read one.
+    for n in 0..unread {
+        let out = c.set(&(1000 + n).to_le_bytes(), b"new").unwrap();
+        assert_eq!(out.evicted, 1);
+        for i in &read {
+            assert!(
+                c.contains(&i.to_le_bytes()).unwrap(),
+                "read entry {i} evicted at {n}"
+            );
+        }
+    }
+    assert!((0..100u32)
+        .filter(|i| i % 3 != 0)
+        .all(|i| !c.contains(&i.to_le_bytes()).unwrap()));
+    assert_eq!(c.stats().unwrap().total.evictions, unread as u64);
+}
+
+/// With `Recency::Exact`, every get moves its entry to the head: strict LRU order.
+#[test]
+fn exact_recency_keeps_strict_lru_order() {
+    use shmemcache::Recency;
+    for (recency, evicted) in [(Recency::Exact, b"b"), (Recency::Lazy, b"a")] {
+        let s = seg(
+            &format!("recency-{recency:?}"),
+            Options::new()
+                .capacity_bytes(1 << 20)
+                .shards(1)
+                .max_entries(2)
+                .recency(recency),
+        );
+        let c = &s.0;
+        c.set(b"a", b"1").unwrap();
+        c.set(b"b", b"2").unwrap();
+        c.get(b"b").unwrap();
+        c.get(b"a").unwrap(); // strict LRU: a is the most recent now
+        c.set(b"c", b"3").unwrap();
+        // Strict LRU evicts b; lazy promotion gave both a second chance and evicts the
+        // oldest placed, a.
+        assert!(!c.contains(evicted).unwrap(), "{recency:?}");
+        assert!(c.contains(b"c").unwrap());
+    }
+}

@@ -2,7 +2,7 @@
 //! expiry on a fake clock (`shmemcache::model` holds the driver shared with the fuzz target).
 
 use proptest::prelude::*;
-use shmemcache::model::{run, Op};
+use shmemcache::model::{run, run_with, Op};
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
@@ -13,6 +13,15 @@ proptest! {
     fn table_matches_model_exactly(data in proptest::collection::vec(any::<u8>(), 0..2400)) {
         let ops = Op::decode(&data);
         if let Err(e) = run(&ops, true) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+
+    /// The same with strict LRU order (every get moves its entry to the head).
+    #[test]
+    fn strict_lru_table_matches_model_exactly(data in proptest::collection::vec(any::<u8>(), 0..2400)) {
+        let ops = Op::decode(&data);
+        if let Err(e) = run_with(&ops, true, true) {
             prop_assert!(false, "{}", e);
         }
     }

@@ -76,6 +76,10 @@ enum Cmd {
         /// Store a checksum with every entry; damaged values read as misses.
         #[arg(long)]
         checksums: bool,
+        /// How gets keep recency: lazy (mark, second chance at eviction) or exact (strict
+        /// LRU: every get moves its entry).
+        #[arg(long, default_value = "lazy", value_parser = ["lazy", "exact"])]
+        recency: String,
     },
     /// Show geometry, usage and per-shard fill.
     Info { name: String },
@@ -346,13 +350,19 @@ fn run(cmd: Cmd, ctx: Ctx) -> Result<Output, Error> {
             ttl,
             mode,
             checksums,
+            recency,
         } => {
             let mut o = Options::new()
                 .capacity_bytes(capacity)
                 .shards(shards)
                 .default_ttl(ttl.and_then(|t| t.0))
                 .mode(mode)
-                .checksums(checksums);
+                .checksums(checksums)
+                .recency(if recency == "exact" {
+                    shmemcache::Recency::Exact
+                } else {
+                    shmemcache::Recency::Lazy
+                });
             if let Some(n) = max_entries {
                 o = o.max_entries(n);
             }
@@ -699,6 +709,7 @@ fn info(name: &str) -> Result<Output, Error> {
             "default_ttl_ms": i.default_ttl.map(|d| d.as_millis() as u64),
             "creator_pid": i.creator_pid, "created_unix_ns": i.created_unix_ns,
             "checksums": i.checksums,
+            "recency": if i.recency == shmemcache::Recency::Exact { "exact" } else { "lazy" },
             "coordination": { "slots": co.slots, "in_use": co.in_use,
                               "recoveries": co.recoveries, "reclaimed": co.reclaimed },
             "total": shard_json(&s.total), "per_shard": shards,

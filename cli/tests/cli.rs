@@ -522,3 +522,15 @@ fn save_and_load_a_snapshot() {
     std::fs::write(&file, &bytes).unwrap();
     assert!(fails(&["load", &b.0, f], 2).contains("cannot be loaded"));
 }
+
+#[test]
+fn create_with_exact_recency_is_reported() {
+    let n = Name::new("recency");
+    let name = n.0.as_str();
+    json(&["create", name, "--capacity", "1MiB", "--recency", "exact"]);
+    assert_eq!(json(&["info", name])["recency"], "exact");
+    let m = Name::new("recency-lazy");
+    json(&["create", &m.0, "--capacity", "1MiB"]);
+    assert_eq!(json(&["info", &m.0])["recency"], "lazy");
+    fails(&["create", "x-recency-bad", "--recency", "sometimes"], 2);
+}

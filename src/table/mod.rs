@@ -24,8 +24,8 @@
 
 use crate::layout::TAG_LEN;
 use crate::layout::{
-    Geometry, Record, ShardMeta, CHECKSUM_LEN, CHUNK_MARK, NIL, REC_FREE, REC_LEN, REC_LIVE,
-    REC_STATE_MASK, REC_TAGGED, REC_VISITED, REC_WRITING,
+    Geometry, Record, ShardMeta, CHECKSUM_LEN, CHUNK_MARK, NIL, REC_ACCESSED, REC_FREE, REC_LEN,
+    REC_LIVE, REC_STATE_MASK, REC_TAGGED, REC_VISITED, REC_WRITING,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
@@ -205,6 +205,9 @@ pub struct ShardView<'a> {
     trailer: usize,
     /// The namespaces' current generations (empty: no namespace table, nothing is stale).
     gens: &'a [AtomicU64],
+    /// Strict LRU: every hit moves its entry to the head. Else a hit marks it accessed and
+    /// eviction gives accessed entries a second chance.
+    exact_lru: bool,
 }
 
 /// One entry copied out for a snapshot.
@@ -277,6 +280,7 @@ impl<'a> ShardView<'a> {
             seed: geom.hash_seed,
             trailer: geom.trailer(),
             gens: &[],
+            exact_lru: geom.exact_lru,
         })
     }
 
@@ -353,7 +357,7 @@ fn format_i64(v: i64, buf: &mut [u8; 20]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{run, small_geometry, HeapShard, Op};
+    use crate::model::{run_with, small_geometry, HeapShard, Op};
 
     fn set(v: &mut ShardView, g: &Geometry, k: &[u8], val: &[u8], exp: u64, now: u64) -> Stored {
         v.store(
@@ -756,7 +760,9 @@ mod tests {
             x ^= x << 5;
             data.push(x as u8);
         }
-        run(&Op::decode(&data), true).unwrap();
-        run(&Op::decode(&data), false).unwrap();
+        for exact_lru in [false, true] {
+            run_with(&Op::decode(&data), true, exact_lru).unwrap();
+            run_with(&Op::decode(&data), false, exact_lru).unwrap();
+        }
     }
 }

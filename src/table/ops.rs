@@ -16,7 +16,7 @@ impl ShardView<'_> {
     pub fn lookup_as(&mut self, k: Key, now: &mut Now, counted: bool) -> TResult<Option<u32>> {
         match self.find_live(k, now)? {
             Some((_, r)) => {
-                self.touch(r)?;
+                self.promote(r)?;
                 self.meta.hits += counted as u64;
                 Ok(Some(r))
             }
@@ -230,6 +230,10 @@ impl ShardView<'_> {
         self.deadline_changed(old.expires_at, expires_at);
         self.meta.bytes_used =
             self.meta.bytes_used.saturating_sub(old.value_len as u64) + value.len() as u64;
+        // A write places the entry anew: at the head, not marked accessed.
+        if old.state & REC_ACCESSED != 0 {
+            self.rec_mut(o)?.state &= !REC_ACCESSED;
+        }
         self.touch(o)?;
         self.meta.sets += 1;
         Ok(Stored::Written { evicted: 0 })

@@ -1,4 +1,6 @@
-//! The LRU list: records threaded most recent first through `prev` and `next`.
+//! The LRU list: records threaded most recent first through `prev` and `next`. With lazy
+//! promotion (the default) a hit only marks its entry accessed; eviction moves an accessed
+//! tail entry to the head (clearing the mark) instead of evicting it.
 
 use super::*;
 
@@ -34,6 +36,21 @@ impl ShardView<'_> {
             self.rec_mut(head)?.prev = i;
         }
         self.meta.lru_head = i;
+        Ok(())
+    }
+
+    /// What a hit does to recency: with strict LRU, moves the entry to the head; else
+    /// marks it accessed, with one store and only if it is not marked yet, so a hot entry
+    /// does not keep writing its line.
+    #[inline]
+    pub(super) fn promote(&mut self, i: u32) -> TResult<()> {
+        if self.exact_lru {
+            return self.touch(i);
+        }
+        let r = self.rec_mut(i)?;
+        if r.state & REC_ACCESSED == 0 {
+            r.state |= REC_ACCESSED;
+        }
         Ok(())
     }
 

@@ -196,7 +196,8 @@ impl ShardView<'_> {
         now: &mut Now,
     ) -> TResult<u32> {
         let mut evicted = 0;
-        let mut guard = self.meta.len as usize + 1;
+        // Every entry can be moved to the head once (its second chance) before one goes.
+        let mut guard = 2 * self.meta.len as usize + 2;
         let new_entry = keep.is_none();
         loop {
             let count_ok = !new_entry || self.meta.len < self.max_entries;
@@ -216,6 +217,13 @@ impl ShardView<'_> {
             let rec = *self.rec(v)?;
             let expired = Self::expired(&rec, now);
             let stale = !expired && self.stale(v, &rec)?;
+            if rec.state & REC_ACCESSED != 0 && !expired && !stale {
+                // Read since it was placed: a second chance at the head, unmarked.
+                self.rec_mut(v)?.state &= !REC_ACCESSED;
+                self.lru_unlink(v)?;
+                self.lru_push_front(v)?;
+                continue;
+            }
             let prev = self.pred_of(v)?;
             self.remove_at(prev, v)?;
             if expired {
