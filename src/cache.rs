@@ -784,18 +784,13 @@ impl Cache {
         if died || view.meta.dirty != 0 {
             Self::recover(&mut view);
         }
-        // Ablation (benches/ablation.patch): no dirty marker.
-        if option_env!("ABLATE_BOOKKEEPING").is_none() {
-            view.meta.dirty = 1;
-        }
+        view.meta.dirty = 1;
         fault::hit(FaultPoint::LockHeld);
         let result = match op(&mut view) {
             Err(TableError::Corrupt(_)) => self.repair_and_retry(&mut view, op),
             other => other,
         };
-        if option_env!("ABLATE_BOOKKEEPING").is_none() {
-            view.meta.dirty = 0;
-        }
+        view.meta.dirty = 0;
         result.map_err(|e| self.corrupted(e))
     }
 
