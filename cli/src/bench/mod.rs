@@ -53,14 +53,16 @@ pub struct BenchArgs {
     /// Zipf exponent.
     #[arg(long, default_value_t = 0.99)]
     pub zipf_s: f64,
-    /// Shards of the shmemcache segment and of the floor.
+    /// Shards of the shmemcache segment and of the floors.
     #[arg(long, default_value_t = 16)]
     pub shards: u32,
     /// Create the shmemcache segment with entry checksums (`Options::checksums`), to
     /// measure what they cost against the same references.
     #[arg(long)]
     pub checksums: bool,
-    /// References to run in the same invocation: floor, lru, lmdb, redis.
+    /// References to run in the same invocation: floor (robust mutexes around fixed slots),
+    /// optimistic-floor (the same slots read under a seqlock, without a lock), lru, lmdb,
+    /// redis.
     #[arg(long, value_delimiter = ',')]
     pub compare: Vec<String>,
     /// Use the redis-server listening on this Unix socket instead of starting one.

@@ -7,6 +7,7 @@
 use super::Workload;
 use shmemcache::{Cache, Options};
 use shmemcache_cli::floor::Floor;
+use shmemcache_cli::optimistic_floor::OptimisticFloor;
 use std::sync::{Arc, Mutex};
 
 /// Copies a fetched value into the worker's buffer (as much as fits); true = a hit.
@@ -41,9 +42,10 @@ pub trait Target {
 }
 
 /// The names `--compare` accepts, with whether this build includes them.
-pub fn known() -> [(&'static str, bool); 4] {
+pub fn known() -> [(&'static str, bool); 5] {
     [
         ("floor", true),
+        ("optimistic-floor", true),
         ("lru", true),
         ("lmdb", cfg!(feature = "lmdb")),
         ("redis", cfg!(feature = "redis")),
@@ -53,7 +55,11 @@ pub fn known() -> [(&'static str, bool); 4] {
 /// Makes the target called `name`.
 pub fn make(name: &str, opts: &super::BenchArgs) -> Result<Box<dyn Target>, String> {
     match name {
-        "floor" => Ok(Box::new(FloorTarget {
+        "floor" => Ok(Box::new(FloorTarget::<Floor> {
+            floor: None,
+            shards: opts.shards as usize,
+        })),
+        "optimistic-floor" => Ok(Box::new(FloorTarget::<OptimisticFloor> {
             floor: None,
             shards: opts.shards as usize,
         })),
@@ -143,21 +149,57 @@ impl Worker for ShmemWorker {
     }
 }
 
-// ----- the floor --------------------------------------------------------------------------
+// ----- the floors -------------------------------------------------------------------------
 
-/// Robust mutexes around a lookup and a memcpy, no cache logic: the physical reference.
-struct FloorTarget {
-    floor: Option<Arc<Floor>>,
+/// A physical reference: a fixed table of the workload's keys in shared memory (a memfd,
+/// inherited by every forked worker), with no cache logic.
+trait Reference: Send + Sync + Sized + 'static {
+    const NAME: &'static str;
+    fn build(shards: usize, keys: &[Vec<u8>], value_len: usize) -> std::io::Result<Self>;
+    fn get(&self, key: &[u8], out: &mut [u8]) -> bool;
+    fn set(&self, key: &[u8], value: &[u8]) -> bool;
+}
+
+/// Robust mutexes around a lookup and a memcpy: the locked floor.
+impl Reference for Floor {
+    const NAME: &'static str = "floor";
+    fn build(shards: usize, keys: &[Vec<u8>], value_len: usize) -> std::io::Result<Self> {
+        Floor::new(shards, keys, value_len)
+    }
+    fn get(&self, key: &[u8], out: &mut [u8]) -> bool {
+        Floor::get(self, key, out)
+    }
+    fn set(&self, key: &[u8], value: &[u8]) -> bool {
+        Floor::set(self, key, value)
+    }
+}
+
+/// Seqlock-guarded fixed slots, gets without a lock: the limit of a lock-free read path.
+impl Reference for OptimisticFloor {
+    const NAME: &'static str = "optimistic-floor";
+    fn build(shards: usize, keys: &[Vec<u8>], value_len: usize) -> std::io::Result<Self> {
+        OptimisticFloor::new(shards, keys, value_len)
+    }
+    fn get(&self, key: &[u8], out: &mut [u8]) -> bool {
+        OptimisticFloor::get(self, key, out)
+    }
+    fn set(&self, key: &[u8], value: &[u8]) -> bool {
+        OptimisticFloor::set(self, key, value)
+    }
+}
+
+struct FloorTarget<F> {
+    floor: Option<Arc<F>>,
     shards: usize,
 }
 
-impl Target for FloorTarget {
+impl<F: Reference> Target for FloorTarget<F> {
     fn name(&self) -> &'static str {
-        "floor"
+        F::NAME
     }
 
     fn prepare(&mut self, w: &Workload) -> Result<(), String> {
-        let f = Floor::new(self.shards, &w.keys, w.value.len()).map_err(|e| e.to_string())?;
+        let f = F::build(self.shards, &w.keys, w.value.len()).map_err(|e| e.to_string())?;
         self.floor = Some(Arc::new(f));
         Ok(())
     }
@@ -169,9 +211,9 @@ impl Target for FloorTarget {
     }
 }
 
-struct FloorWorker(Arc<Floor>);
+struct FloorWorker<F>(Arc<F>);
 
-impl Worker for FloorWorker {
+impl<F: Reference> Worker for FloorWorker<F> {
     fn get(&mut self, key: &[u8], buf: &mut [u8]) -> bool {
         self.0.get(key, buf)
     }
