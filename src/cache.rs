@@ -516,12 +516,15 @@ pub struct CheckReport {
     pub problems: Vec<(usize, String)>,
     /// What is wrong with the coordination table (markers, locks, pool slots), if anything.
     pub coordination: Option<String>,
+    /// What is wrong with the namespace table (a name length, a dependency or a generation
+    /// out of range), if anything.
+    pub namespaces: Option<String>,
 }
 
 impl CheckReport {
     /// True when no problem was found.
     pub fn is_healthy(&self) -> bool {
-        self.problems.is_empty() && self.coordination.is_none()
+        self.problems.is_empty() && self.coordination.is_none() && self.namespaces.is_none()
     }
 }
 
@@ -1278,6 +1281,7 @@ impl Cache {
             }
         }
         report.coordination = self.check_coord()?;
+        report.namespaces = self.check_namespaces();
         Ok(report)
     }
 

@@ -349,6 +349,48 @@ impl Cache {
         })
     }
 
+    /// The namespace table's invariants, read-only: each used slot's name length within
+    /// 48, its dependencies naming used slots, and its generation not past the last one
+    /// handed out (staged loads aside, a generation comes from that counter).
+    pub(crate) fn check_namespaces(&self) -> Option<String> {
+        for s in 0..NS_SLOTS {
+            let state = self
+                .seg
+                .ns_word(s, ns_word::STATE)
+                .map_or(0, |w| w.load(Ordering::Acquire));
+            if state == 0 {
+                continue;
+            }
+            if state & 0xff != 1 || (state >> 8) as usize > NS_NAME_MAX || state >> 8 == 0 {
+                return Some(format!(
+                    "namespace slot {s} has a damaged state word {state:#x}"
+                ));
+            }
+            for p in self.ns_parents(s) {
+                if p != 0 && (p as usize > NS_SLOTS || !(p == 1 || self.ns_used(p as usize - 1))) {
+                    return Some(format!(
+                        "namespace slot {s} depends on a slot not in use ({p})"
+                    ));
+                }
+            }
+            let last = self
+                .seg
+                .ns_word(s, ns_word::LAST_GEN)
+                .map_or(0, |w| w.load(Ordering::Acquire));
+            let gen = self
+                .seg
+                .ns_gens()
+                .get(s)
+                .map_or(0, |g| g.load(Ordering::Acquire));
+            if gen > last {
+                return Some(format!(
+                    "namespace slot {s} is at generation {gen}, past the last handed out ({last})"
+                ));
+            }
+        }
+        None
+    }
+
     // ----- internals ----------------------------------------------------------------------
 
     /// A handle like this one on namespace slot `slot`.

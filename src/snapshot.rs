@@ -31,9 +31,11 @@ const CHECK_SEED: u64 = 0x5ea1_5a7e_0000_0001;
 pub enum LoadMode {
     /// Add the file's entries, overwriting the same keys; everything else stays.
     Merge,
-    /// Make each namespace hold exactly the file's entries. The entries are written under
-    /// a new generation that no lookup sees, which then becomes current in one step: no
-    /// process ever sees half a restore.
+    /// Make each namespace hold exactly the file's entries (on the default handle, every
+    /// namespace of the cache: those the file does not hold end up empty). The entries are
+    /// written under a new generation that no lookup sees, which then becomes current in
+    /// one step per namespace: no process ever sees half a namespace restored. An
+    /// invalidation of a namespace while its load runs wins over the load.
     Replace,
 }
 

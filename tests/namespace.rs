@@ -286,3 +286,28 @@ fn invalidating_the_default_namespace_drops_only_its_entries() {
     cache.clear().unwrap();
     assert_eq!(other.get(b"k").unwrap(), None);
 }
+
+#[test]
+fn check_reports_a_damaged_namespace_table() {
+    use std::os::unix::fs::FileExt;
+    let name = Name::new("ns-check");
+    let cache = opts().create(&name).unwrap();
+    let a = cache.namespace("a").unwrap();
+    a.set(b"k", b"v").unwrap();
+    assert!(cache.check().unwrap().is_healthy());
+    // Slot 1's state word, a name length of 200. The table ends the segment: 128 slots of
+    // 256 bytes after the generations (DESIGN.md §1.6).
+    let g = cache.info();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/dev/shm/{}", &*name))
+        .unwrap();
+    let slot1 = g.segment_bytes - 128 * 256 + 256;
+    file.write_all_at(&(1u64 | 200 << 8).to_le_bytes(), slot1)
+        .unwrap();
+    let r = cache.check().unwrap();
+    assert!(!r.is_healthy());
+    assert!(r.namespaces.unwrap().contains("slot 1"));
+    // Damage there never crashes a lookup: the namespace's name reads as empty.
+    assert!(cache.namespaces().len() >= 2);
+}

@@ -609,6 +609,9 @@ fn run(cmd: Cmd, ctx: Ctx) -> Result<Output, Error> {
             if let Some(p) = &r.coordination {
                 problems.push(format!("coordination table: {p}"));
             }
+            if let Some(p) = &r.namespaces {
+                problems.push(format!("namespace table: {p}"));
+            }
             Output {
                 json: json!({ "healthy": r.is_healthy(), "problems": problems }),
                 text: if problems.is_empty() {
