@@ -196,6 +196,16 @@ fn parse(b: &[u8]) -> std::result::Result<(u64, Vec<Entry<'_>>), String> {
     }
 }
 
+/// The TTL left at monotonic time `now` of an entry whose deadline is `expires_at`: 0 for
+/// none, `None` if it ran out.
+fn remaining(expires_at: u64, now: u64) -> Option<u64> {
+    match expires_at {
+        0 => Some(0),
+        at if at <= now => None,
+        at => Some(at - now),
+    }
+}
+
 /// Writes `items` (of one namespace) to `path` as a snapshot, replacing it atomically.
 pub(crate) fn write_items(path: &Path, items: &[crate::persist::Item]) -> Result<SnapshotReport> {
     let io = |op| {
@@ -263,10 +273,14 @@ pub(crate) fn read_items(path: &Path) -> Result<Option<Vec<crate::persist::Item>
 }
 
 impl Cache {
-    /// This namespace's live entries, copied out one bounded batch per lock hold, with
-    /// what remains of their TTLs.
-    pub(crate) fn export_items(&self) -> Result<Vec<crate::persist::Item>> {
-        let mut items = Vec::new();
+    /// Calls `f(now, batch)` for each batch of live entries of the current generations
+    /// (of namespace slot `only`, if given), copied out one bounded batch per lock hold;
+    /// `now` is the monotonic time right after the batch was copied.
+    fn export_batches(
+        &self,
+        only: Option<usize>,
+        mut f: impl FnMut(u64, &mut Vec<Exported>) -> Result<()>,
+    ) -> Result<()> {
         let mut out = Vec::new();
         for s in 0..self.geom.shard_count as usize {
             let mut at = Some(0);
@@ -277,25 +291,33 @@ impl Cache {
                         start,
                         SCAN_BATCH,
                         &mut Now::lazy(monotonic_ns),
-                        Some(self.ns),
+                        only,
                         &mut out,
                     )
                 })?;
-                let now = monotonic_ns();
-                for e in out.drain(..) {
-                    let ttl = match e.expires_at {
-                        0 => None,
-                        at if at <= now => continue,
-                        at => Some(std::time::Duration::from_nanos(at - now)),
-                    };
-                    items.push(crate::persist::Item {
-                        key: e.key,
-                        value: e.value,
-                        ttl,
-                    });
-                }
+                f(monotonic_ns(), &mut out)?;
             }
         }
+        Ok(())
+    }
+
+    /// This namespace's live entries, copied out one bounded batch per lock hold, with
+    /// what remains of their TTLs.
+    pub(crate) fn export_items(&self) -> Result<Vec<crate::persist::Item>> {
+        let mut items = Vec::new();
+        self.export_batches(Some(self.ns), |now, batch| {
+            for e in batch.drain(..) {
+                let Some(ttl_ns) = remaining(e.expires_at, now) else {
+                    continue;
+                };
+                items.push(crate::persist::Item {
+                    key: e.key,
+                    value: e.value,
+                    ttl: (ttl_ns != 0).then(|| std::time::Duration::from_nanos(ttl_ns)),
+                });
+            }
+            Ok(())
+        })?;
         Ok(items)
     }
 
@@ -323,56 +345,34 @@ impl Cache {
         let mut w = std::io::BufWriter::new(file.file());
         w.write_all(&header(unix_ns())).map_err(io("write"))?;
         let mut report = SnapshotReport::default();
-        let mut out = Vec::new();
         let mut buf = Vec::new();
-        for s in 0..self.geom.shard_count as usize {
-            let mut at = Some(0);
-            while let Some(start) = at {
-                at = self.with_shard(s, |v| {
-                    out.clear();
-                    v.export_from(
-                        start,
-                        SCAN_BATCH,
-                        &mut Now::lazy(monotonic_ns),
-                        only,
-                        &mut out,
-                    )
-                })?;
-                let now = monotonic_ns();
-                buf.clear();
-                for e in out.drain(..) {
-                    let Exported {
-                        ns,
-                        key,
-                        value,
-                        expires_at,
-                    } = e;
-                    let ttl_ns = match expires_at {
-                        0 => 0,
-                        at if at <= now => continue,
-                        at => at - now,
-                    };
-                    let name = if only.is_some() {
-                        ""
-                    } else {
-                        names.get(ns).map_or("", String::as_str)
-                    };
-                    report.entries += 1;
-                    report.bytes += (key.len() + value.len()) as u64;
-                    put_entry(
-                        &mut buf,
-                        &Entry {
-                            ns: name,
-                            key: &key,
-                            value: &value,
-                            ttl_ns,
-                        },
-                    );
-                }
-                w.write_all(&buf).map_err(io("write"))?;
-                fault::hit(FaultPoint::SnapshotMidWrite);
+        self.export_batches(only, |now, batch| {
+            buf.clear();
+            for e in batch.drain(..) {
+                let Some(ttl_ns) = remaining(e.expires_at, now) else {
+                    continue;
+                };
+                let name = if only.is_some() {
+                    ""
+                } else {
+                    names.get(e.ns).map_or("", String::as_str)
+                };
+                report.entries += 1;
+                report.bytes += (e.key.len() + e.value.len()) as u64;
+                put_entry(
+                    &mut buf,
+                    &Entry {
+                        ns: name,
+                        key: &e.key,
+                        value: &e.value,
+                        ttl_ns,
+                    },
+                );
             }
-        }
+            w.write_all(&buf).map_err(io("write"))?;
+            fault::hit(FaultPoint::SnapshotMidWrite);
+            Ok(())
+        })?;
         buf.clear();
         put_end(&mut buf, report.entries);
         w.write_all(&buf).map_err(io("write"))?;

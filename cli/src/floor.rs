@@ -33,6 +33,26 @@ unsafe impl Sync for Floor {}
 
 const SEED: u64 = 0x5eed;
 
+/// `shards` shards of `stride` bytes (a multiple of 128) in an anonymous shared mapping (a
+/// memfd, inherited by forked children), each starting with an initialized robust mutex.
+pub(crate) fn shared_shards(
+    name: &std::ffi::CStr,
+    shards: usize,
+    stride: usize,
+) -> io::Result<MmapRaw> {
+    let fd = nix::sys::memfd::memfd_create(name, nix::sys::memfd::MemFdCreateFlag::empty())
+        .map_err(io::Error::from)?;
+    let file = std::fs::File::from(fd);
+    file.set_len((stride * shards) as u64)?;
+    let map = MmapOptions::new().len(stride * shards).map_raw(&file)?;
+    for s in 0..shards {
+        // SAFETY: the lock block of shard `s` is in bounds (the mapping holds `shards`
+        // strides), 128-byte aligned, and not yet shared with any other process.
+        unsafe { robust::init(map.as_mut_ptr().add(s * stride).cast()) }?;
+    }
+    Ok(map)
+}
+
 impl Floor {
     /// Builds a floor table holding `keys`, each with a `value_len`-byte value.
     pub fn new(shards: usize, keys: &[Vec<u8>], value_len: usize) -> io::Result<Floor> {
@@ -41,14 +61,7 @@ impl Floor {
         let key_width = keys.iter().map(Vec::len).max().unwrap_or(0).div_ceil(8) * 8;
         let slot_len = (8 + key_width + value_len).div_ceil(8) * 8;
         let stride = (LOCK_BLOCK + 8 * slots + slot_len * slots).div_ceil(128) * 128;
-        let fd = nix::sys::memfd::memfd_create(
-            c"shmemcache-floor",
-            nix::sys::memfd::MemFdCreateFlag::empty(),
-        )
-        .map_err(io::Error::from)?;
-        let file = std::fs::File::from(fd);
-        file.set_len((stride * shards) as u64)?;
-        let map = MmapOptions::new().len(stride * shards).map_raw(&file)?;
+        let map = shared_shards(c"shmemcache-floor", shards, stride)?;
         let floor = Floor {
             map,
             shards,
@@ -58,11 +71,6 @@ impl Floor {
             slot_len,
             stride,
         };
-        for s in 0..shards {
-            // SAFETY: the lock block of shard `s` is in bounds, 128-byte aligned, and not yet
-            // shared with any other process.
-            unsafe { robust::init(floor.map.as_mut_ptr().add(s * stride).cast()) }?;
-        }
         for k in keys {
             floor.with(k, |found, slot| {
                 if !found {

@@ -9,7 +9,7 @@
 //! written with atomic operations only (the value copy too, word by word), so a torn read
 //! is a retry, never a data race.
 
-use memmap2::{MmapOptions, MmapRaw};
+use memmap2::MmapRaw;
 use shmemcache::support::robust::{self, LOCK_BLOCK};
 use std::io;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
@@ -59,14 +59,7 @@ impl OptimisticFloor {
         let slot_words = 1 + key_words + value_len.div_ceil(8);
         let stride =
             (LOCK_BLOCK + VERSION_BLOCK + 8 * slots + 8 * slot_words * slots).div_ceil(128) * 128;
-        let fd = nix::sys::memfd::memfd_create(
-            c"shmemcache-optimistic-floor",
-            nix::sys::memfd::MemFdCreateFlag::empty(),
-        )
-        .map_err(io::Error::from)?;
-        let file = std::fs::File::from(fd);
-        file.set_len((stride * shards) as u64)?;
-        let map = MmapOptions::new().len(stride * shards).map_raw(&file)?;
+        let map = crate::floor::shared_shards(c"shmemcache-optimistic-floor", shards, stride)?;
         let f = OptimisticFloor {
             map,
             shards,
@@ -76,11 +69,6 @@ impl OptimisticFloor {
             value_len,
             stride,
         };
-        for s in 0..shards {
-            // SAFETY: the lock block of shard `s` is in bounds, 128-byte aligned, and not yet
-            // shared with any other process.
-            unsafe { robust::init(f.map.as_mut_ptr().add(s * stride).cast()) }?;
-        }
         for k in keys {
             f.claim(k);
         }
