@@ -1198,15 +1198,38 @@ impl Cache {
         Ok(self.len()? == 0)
     }
 
-    /// Counters per shard and in total, for the whole cache whatever namespace this handle
-    /// addresses; [`namespace_stats`](Self::namespace_stats) gives one namespace's.
+    /// Counters per shard and in total.
+    ///
+    /// On the default handle they are the whole cache's. On a
+    /// [namespace](Self::namespace) handle, `entries`, `bytes_used` (both from a scan, per
+    /// shard) and `hits`, `misses` and `sets` (in the total) are the namespace's own; the
+    /// rest (evictions, expirations, recoveries, capacity, ...) are the shards', which the
+    /// namespaces share. [`namespace_stats`](Self::namespace_stats) gives one namespace's
+    /// figures alone.
     pub fn stats(&self) -> Result<Stats> {
         let mut st = Stats::default();
         for s in 0..self.geom.shard_count as usize {
             let m = self.with_shard(s, |v| Ok(*v.meta))?;
-            let one = ShardStats::from_meta(&m, &self.geom);
-            st.total.add(&one);
-            st.shards.push(one);
+            st.shards.push(ShardStats::from_meta(&m, &self.geom));
+        }
+        if self.ns != 0 {
+            for (sh, (n, b)) in st.shards.iter_mut().zip(self.ns_scan_counts()?) {
+                (sh.entries, sh.bytes_used, sh.namespaced) = (n, b, n);
+                (sh.hits, sh.misses, sh.sets) = (0, 0, 0);
+            }
+        }
+        for one in &st.shards {
+            st.total.add(one);
+        }
+        if self.ns != 0 {
+            let word = |w| {
+                self.seg
+                    .ns_word(self.ns, w)
+                    .map_or(0, |x| x.load(std::sync::atomic::Ordering::Relaxed))
+            };
+            use crate::layout::ns_word::{HITS, MISSES, SETS};
+            (st.total.hits, st.total.misses, st.total.sets) =
+                (word(HITS), word(MISSES), word(SETS));
         }
         Ok(st)
     }

@@ -432,9 +432,18 @@ impl Cache {
 
     /// Live entries of this namespace and their bytes, by a scan.
     pub(crate) fn ns_scan_count(&self) -> Result<(u64, u64)> {
+        let per_shard = self.ns_scan_counts()?;
+        Ok(per_shard
+            .iter()
+            .fold((0, 0), |(n, b), &(sn, sb)| (n + sn, b + sb)))
+    }
+
+    /// Live entries of this namespace and their bytes, per shard, by a scan.
+    pub(crate) fn ns_scan_counts(&self) -> Result<Vec<(u64, u64)>> {
         self.with_scope(|scope| {
-            let (mut n, mut bytes) = (0, 0);
+            let mut per_shard = Vec::with_capacity(self.geom.shard_count as usize);
             for s in 0..self.geom.shard_count as usize {
+                let (mut n, mut bytes) = (0, 0);
                 let mut at = Some(0);
                 while let Some(start) = at {
                     let (c, b, next) = self.with_shard(s, |v| {
@@ -444,8 +453,9 @@ impl Cache {
                     bytes += b;
                     at = next;
                 }
+                per_shard.push((n, bytes));
             }
-            Ok((n, bytes))
+            Ok(per_shard)
         })
     }
 

@@ -67,6 +67,13 @@ fn the_same_key_in_two_namespaces_names_two_entries() {
     let s = b.namespace_stats().unwrap();
     assert_eq!((s.name.as_str(), s.entries, s.sets), ("b", 3, 3));
     assert!(s.hits >= 1 && s.misses >= 1, "{s:?}");
+    // `stats()` on a namespace handle is confined to it where it can be.
+    let t = b.stats().unwrap().total;
+    assert_eq!(
+        (t.entries, t.sets, t.hits, t.misses),
+        (3, 3, s.hits, s.misses)
+    );
+    assert_eq!(cache.stats().unwrap().total.entries, 5); // root, a's typed n, b's three
     assert!(cache.check().unwrap().is_healthy());
 }
 
