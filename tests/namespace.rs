@@ -318,3 +318,26 @@ fn check_reports_a_damaged_namespace_table() {
     // Damage there never crashes a lookup: the namespace's name reads as empty.
     assert!(cache.namespaces().len() >= 2);
 }
+
+#[test]
+fn names_are_checked_and_the_table_holds_127() {
+    let name = Name::new("ns-full");
+    let cache = opts().create(&name).unwrap();
+    for bad in ["", "a\0b", &"x".repeat(49)] {
+        assert!(matches!(
+            cache.namespace(bad),
+            Err(shmemcache::Error::InvalidArgument(_))
+        ));
+    }
+    assert!(cache.namespace(&"y".repeat(48)).is_ok());
+    for i in 1..127 {
+        cache.namespace(&format!("ns-{i}")).unwrap();
+    }
+    // Full: a clear error; every existing name still opens.
+    assert!(matches!(
+        cache.namespace("one-too-many"),
+        Err(shmemcache::Error::InvalidArgument(m)) if m.contains("127")
+    ));
+    assert!(cache.namespace("ns-5").is_ok());
+    assert_eq!(cache.namespaces().len(), 128);
+}
