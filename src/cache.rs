@@ -780,8 +780,8 @@ impl Cache {
         };
         let died = guard.owner_died();
         let region = guard.region();
-        let mut view = match ShardView::new(region, &self.geom) {
-            Ok(v) => v.with_generations(self.seg.ns_gens()),
+        let mut view = match ShardView::with_gens(region, &self.geom, self.seg.ns_gens()) {
+            Ok(v) => v,
             Err(e) => return Err(self.corrupted(e)),
         };
         if died || view.meta.dirty != 0 {
@@ -1291,7 +1291,7 @@ impl Cache {
                 Err(e) => return Err(self.lock_error(s, e)),
             };
             let died = guard.owner_died();
-            match ShardView::new(guard.region(), &self.geom) {
+            match ShardView::with_gens(guard.region(), &self.geom, self.seg.ns_gens()) {
                 Ok(mut v) => {
                     if died || v.meta.dirty != 0 {
                         Self::recover(&mut v);

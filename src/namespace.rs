@@ -17,42 +17,29 @@ use crate::persist::Persistence;
 use crate::table::{Key, Now, Scope};
 use std::sync::atomic::Ordering;
 
-/// Keys up to this long (tag included) are tagged on the stack.
-const INLINE: usize = 128;
-
 /// A key's stored bytes: the caller's own, or tagged with a namespace and generation.
+/// Kept small (two words and a tag), so routing a plain key moves little; a tagged key is
+/// built on the heap.
 pub(crate) enum KeyBytes<'k> {
     Borrowed(&'k [u8]),
-    Inline([u8; INLINE], usize),
-    Heap(Vec<u8>),
+    Tagged(Vec<u8>),
 }
 
 impl<'k> KeyBytes<'k> {
     /// `key` behind the tag of namespace slot `ns` at generation `gen`.
     pub(crate) fn tagged(ns: u32, gen: u64, key: &[u8]) -> KeyBytes<'k> {
-        let len = TAG_LEN + key.len();
-        let fill = |b: &mut [u8]| {
-            b[..4].copy_from_slice(&ns.to_le_bytes());
-            b[4..TAG_LEN].copy_from_slice(&gen.to_le_bytes());
-            b[TAG_LEN..].copy_from_slice(key);
-        };
-        if len <= INLINE {
-            let mut b = [0u8; INLINE];
-            fill(&mut b[..len]);
-            KeyBytes::Inline(b, len)
-        } else {
-            let mut v = vec![0u8; len];
-            fill(&mut v);
-            KeyBytes::Heap(v)
-        }
+        let mut v = Vec::with_capacity(TAG_LEN + key.len());
+        v.extend_from_slice(&ns.to_le_bytes());
+        v.extend_from_slice(&gen.to_le_bytes());
+        v.extend_from_slice(key);
+        KeyBytes::Tagged(v)
     }
 
     #[inline]
     pub(crate) fn get(&self) -> &[u8] {
         match self {
             KeyBytes::Borrowed(k) => k,
-            KeyBytes::Inline(b, n) => &b[..*n],
-            KeyBytes::Heap(v) => v,
+            KeyBytes::Tagged(v) => v,
         }
     }
 }

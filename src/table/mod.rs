@@ -238,6 +238,17 @@ impl<'a> ShardView<'a> {
     // on every operation.
     #[inline(always)]
     pub fn new(region: &'a mut [u8], geom: &Geometry) -> TResult<ShardView<'a>> {
+        Self::with_gens(region, geom, &[])
+    }
+
+    /// [`new`](Self::new) with the namespaces' current generations, so the view tells
+    /// which entries belong to an invalidated generation.
+    #[inline(always)]
+    pub fn with_gens(
+        region: &'a mut [u8],
+        geom: &Geometry,
+        gens: &'a [AtomicU64],
+    ) -> TResult<ShardView<'a>> {
         let s = &geom.shard;
         if region.len() != s.region_len {
             return corrupt("shard region has the wrong length");
@@ -279,16 +290,9 @@ impl<'a> ShardView<'a> {
             max_entries: geom.max_entries_per_shard,
             seed: geom.hash_seed,
             trailer: geom.trailer(),
-            gens: &[],
+            gens,
             exact_lru: geom.exact_lru,
         })
-    }
-
-    /// Lets the view tell which entries belong to an invalidated namespace generation.
-    #[inline]
-    pub fn with_generations(mut self, gens: &'a [AtomicU64]) -> Self {
-        self.gens = gens;
-        self
     }
 
     /// Chunks in the shard.
@@ -567,7 +571,8 @@ mod tests {
         let g = small_geometry();
         let mut s = HeapShard::new(g);
         let gens: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(0)).collect();
-        let mut v = s.view().with_generations(&gens);
+        let geom = *s.geometry();
+        let mut v = ShardView::with_gens(s.bytes_mut(), &geom, &gens).unwrap();
         let tagged = |ns: u32, gen: u64, k: &[u8]| {
             let mut b = ns.to_le_bytes().to_vec();
             b.extend_from_slice(&gen.to_le_bytes());
