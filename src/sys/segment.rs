@@ -749,19 +749,7 @@ impl Segment {
 
     /// Word `word` of namespace slot `slot`, or `None` if either is out of range.
     pub fn ns_word(&self, slot: usize, word: usize) -> Option<&AtomicU64> {
-        use crate::layout::{NS_SLOTS, NS_WORDS};
-        if slot >= NS_SLOTS || word >= NS_WORDS {
-            return None;
-        }
-        let off = self.geom.ns_offset + 8 * NS_SLOTS + 8 * (slot * NS_WORDS + word);
-        if off + 8 > self.map.len() {
-            return None;
-        }
-        let p = self.map.as_mut_ptr().wrapping_add(off);
-        // SAFETY: `off + 8` is inside the mapping (checked above) and 8-byte aligned (the
-        // table starts on a 128-byte boundary); these words are only ever accessed
-        // atomically, by every process, never through slices.
-        Some(unsafe { AtomicU64::from_ptr(p.cast::<u64>()) })
+        self.ns_words(slot, word, 1).first()
     }
 }
 
