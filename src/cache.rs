@@ -780,7 +780,8 @@ impl Cache {
         };
         let died = guard.owner_died();
         let region = guard.region();
-        let mut view = match ShardView::with_gens(region, &self.geom, self.seg.ns_gens()) {
+        let marks = self.seg.shard_marks(shard);
+        let mut view = match ShardView::open(region, marks, &self.geom, self.seg.ns_gens()) {
             Ok(v) => v,
             Err(e) => return Err(self.corrupted(e)),
         };
@@ -947,6 +948,12 @@ impl Cache {
     /// [`get_as`](Self::get_as) of a key already routed.
     #[inline]
     pub(crate) fn get_routed(&self, k: &Routed, counted: bool) -> Result<Option<Vec<u8>>> {
+        if let Some(res) = self.get_unlocked(k) {
+            if counted {
+                self.count_unlocked(res.is_some());
+            }
+            return Ok(res);
+        }
         let res = self.with_shard(k.shard, |v| {
             let mut now = Now::lazy(monotonic_ns);
             match v.lookup_as(k.key(), &mut now, counted)? {
@@ -964,6 +971,15 @@ impl Cache {
         Ok(res)
     }
 
+    /// Counts a get made without the lock: in this process's counter slot, and in its
+    /// namespace's counters.
+    #[inline]
+    fn count_unlocked(&self, hit: bool) {
+        use crate::layout::proc_word::{HITS, MISSES};
+        crate::counters::bump(&self.seg, if hit { HITS } else { MISSES });
+        self.ns_hit(hit);
+    }
+
     /// Counts a get of a named namespace.
     #[inline]
     fn ns_hit(&self, hit: bool) {
@@ -975,20 +991,29 @@ impl Cache {
     /// A value longer than `buf` gives `Error::BufferTooSmall` (with the length needed).
     pub fn get_into(&self, key: &[u8], buf: &mut [u8]) -> Result<Option<usize>> {
         let k = self.route(key)?;
-        let res = self.with_shard(k.shard, |v| {
-            let mut now = Now::lazy(monotonic_ns);
-            match v.lookup(k.key(), &mut now)? {
-                Some(r) => {
-                    let len = v.value_len(r)?;
-                    if len <= buf.len() {
-                        v.copy_value(r, buf)?;
-                    }
-                    Ok(Some(len))
-                }
-                None => Ok(None),
+        let res = match self.get_into_unlocked(&k, buf) {
+            Some(res) => {
+                self.count_unlocked(res.is_some());
+                res
             }
-        })?;
-        self.ns_hit(res.is_some());
+            None => {
+                let res = self.with_shard(k.shard, |v| {
+                    let mut now = Now::lazy(monotonic_ns);
+                    match v.lookup(k.key(), &mut now)? {
+                        Some(r) => {
+                            let len = v.value_len(r)?;
+                            if len <= buf.len() {
+                                v.copy_value(r, buf)?;
+                            }
+                            Ok(Some(len))
+                        }
+                        None => Ok(None),
+                    }
+                })?;
+                self.ns_hit(res.is_some());
+                res
+            }
+        };
         match res {
             Some(len) if len > buf.len() => Err(Error::BufferTooSmall {
                 needed: len,
@@ -1001,6 +1026,9 @@ impl Cache {
     /// True if `key` is present and unexpired. Does not change recency or hit counters.
     pub fn contains(&self, key: &[u8]) -> Result<bool> {
         let k = self.route(key)?;
+        if let Some(found) = self.read_unlocked(&k, false, |_, _, _| Ok(())) {
+            return Ok(found.is_some());
+        }
         self.with_shard(k.shard, |v| {
             v.contains(k.key(), &mut Now::lazy(monotonic_ns))
         })
@@ -1010,12 +1038,18 @@ impl Cache {
     pub fn ttl(&self, key: &[u8]) -> Result<Option<Expiry>> {
         let k = self.route(key)?;
         let mut now = 0;
-        let at = self.with_shard(k.shard, |v| {
-            let mut n = Now::lazy(monotonic_ns);
-            let at = v.deadline(k.key(), &mut n)?;
-            now = n.get();
-            Ok(at)
-        })?;
+        let at = match self.read_unlocked(&k, false, |_, _, rec| Ok(rec.expires_at)) {
+            Some(at) => {
+                now = monotonic_ns();
+                at
+            }
+            None => self.with_shard(k.shard, |v| {
+                let mut n = Now::lazy(monotonic_ns);
+                let at = v.deadline(k.key(), &mut n)?;
+                now = n.get();
+                Ok(at)
+            })?,
+        };
         Ok(at.map(|at| match at {
             0 => Expiry::Never,
             at => Expiry::In(Duration::from_nanos(at.saturating_sub(now))),
@@ -1221,6 +1255,12 @@ impl Cache {
         for one in &st.shards {
             st.total.add(one);
         }
+        if self.ns == 0 {
+            // Gets made without the lock are counted per process, not per shard.
+            use crate::layout::proc_word::{HITS, MISSES};
+            st.total.hits += crate::counters::total(&self.seg, HITS);
+            st.total.misses += crate::counters::total(&self.seg, MISSES);
+        }
         if self.ns != 0 {
             let word = |w| {
                 self.seg
@@ -1291,9 +1331,11 @@ impl Cache {
                 Err(e) => return Err(self.lock_error(s, e)),
             };
             let died = guard.owner_died();
-            match ShardView::with_gens(guard.region(), &self.geom, self.seg.ns_gens()) {
+            let marks = self.seg.shard_marks(s);
+            match ShardView::open(guard.region_quiet(), marks, &self.geom, self.seg.ns_gens()) {
                 Ok(mut v) => {
                     if died || v.meta.dirty != 0 {
+                        self.seg.begin_write(s);
                         Self::recover(&mut v);
                     }
                     if let Err(e) = v.validate_with(&mut scratch) {

@@ -10,7 +10,7 @@ use std::mem::{align_of, offset_of, size_of};
 /// First eight bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"SHMCACHE";
 /// Bumped whenever any byte of the layout below changes meaning.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 /// Value of [`Header::ready`] once the creator has finished formatting the segment.
 pub const READY: u32 = 0x5245_4459; // "READY"
 /// "No index" in every `u32` link (LRU, free lists, chunk chains).
@@ -30,8 +30,12 @@ pub const fn undo_chunks(chunk_size: usize) -> usize {
         UNDO_BYTES / chunk_size
     }
 }
-/// Bytes reserved for a shard's robust mutex (its own cache line).
+/// Bytes reserved for a shard's robust mutex and its version word (their own cache line).
 pub const LOCK_BLOCK: usize = 64;
+/// Offset in a shard's lock block of its version word (a `u64` seqlock count): odd while a
+/// lock holder may be changing the shard, bumped by every holder. Optimistic readers check
+/// it before and after reading without the lock (DESIGN.md §5.4).
+pub const VERSION_OFFSET: usize = 48;
 /// Alignment of every section inside a shard, and of the shard stride.
 pub const SECTION_ALIGN: usize = 64;
 
@@ -268,10 +272,10 @@ impl Record {
         self.state & REC_TAGGED != 0
     }
 
-    /// The state with `s` as its value, keeping the tag and the accessed mark.
+    /// The state with `s` as its value, keeping the tag.
     #[inline]
     pub fn with_state(&self, s: u16) -> u16 {
-        (self.state & (REC_TAGGED | REC_ACCESSED)) | s
+        (self.state & REC_TAGGED) | s
     }
 }
 
@@ -288,9 +292,6 @@ pub const REC_VISITED: u16 = 0x0100;
 /// The entry belongs to a namespace: its key bytes start with the namespace's index (u32
 /// LE) and the generation it was written under (u64 LE), [`TAG_LEN`] bytes in all.
 pub const REC_TAGGED: u16 = 0x0200;
-/// The entry was read since it was last placed at the head of the LRU list (lazy
-/// promotion: eviction moves it to the head instead of evicting it).
-pub const REC_ACCESSED: u16 = 0x0400;
 /// Bytes of the namespace tag that starts a tagged entry's key.
 pub const TAG_LEN: usize = 12;
 /// Mark bit in a chunk link, used by repair and validation only.
@@ -382,7 +383,8 @@ const _: () = {
     assert!(offset_of!(Record, value_len) == 20);
     assert!(offset_of!(Record, expires_at) == 24);
     assert!(align_of::<Record>() == 8);
-    assert!(size_of::<libc::pthread_mutex_t>() <= LOCK_BLOCK);
+    assert!(size_of::<libc::pthread_mutex_t>() <= VERSION_OFFSET);
+    assert!(VERSION_OFFSET % 8 == 0 && VERSION_OFFSET + 8 <= LOCK_BLOCK);
     assert!(align_of::<libc::pthread_mutex_t>() <= SECTION_ALIGN);
 };
 
@@ -425,6 +427,10 @@ pub struct ShardLayout {
     pub links_off: usize,
     /// Arena offset inside the region.
     pub arena_off: usize,
+    /// Offset of the accessed marks from the shard start, after the region: one bit per
+    /// chunk, set by a hit on the entry whose head chunk it is (lazy promotion). Outside
+    /// the guarded region because lock-free readers set them.
+    pub marks_off: usize,
     /// Whole shard including its lock block, padded to [`SECTION_ALIGN`].
     pub stride: usize,
 }
@@ -482,6 +488,27 @@ pub const NS_WORDS: usize = 32;
 pub const NS_NAME_MAX: usize = 48;
 /// Bytes of the namespace table: the generations, then the slots.
 pub const NS_TABLE_BYTES: usize = NS_SLOTS * 8 + NS_SLOTS * NS_WORDS * 8;
+
+/// Slots of the per-process counter table: a process claims one on its first counted
+/// read and bumps only its own, so hits and misses cost no write another process's get
+/// also makes. A slot outlives its process: the next claimer of a dead owner's slot keeps
+/// counting on top of its totals, so nothing counted is lost.
+pub const PROC_SLOTS: usize = 128;
+/// `u64` words per per-process counter slot (64 bytes: one cache line).
+pub const PROC_WORDS: usize = 8;
+/// Bytes of the per-process counter table.
+pub const PROC_TABLE_BYTES: usize = PROC_SLOTS * PROC_WORDS * 8;
+
+/// Word indices inside a per-process counter slot. Every word is accessed atomically.
+pub mod proc_word {
+    /// The owner: its pid in the high 32 bits, the low 32 bits of its start time (clock
+    /// ticks after boot) in the low 32; 0 = never claimed. Changed only by compare-and-swap.
+    pub const OWNER: usize = 0;
+    /// Gets that found their key, counted by the owner.
+    pub const HITS: usize = 1;
+    /// Gets that did not.
+    pub const MISSES: usize = 2;
+}
 
 /// Word indices inside a namespace slot.
 pub mod ns_word {
@@ -549,6 +576,9 @@ pub struct Geometry {
     /// Offset of the namespace table: [`NS_SLOTS`] generations, then [`NS_SLOTS`] slots of
     /// [`NS_WORDS`] words, after the memo statistics.
     pub ns_offset: usize,
+    /// Offset of the per-process counter table ([`PROC_SLOTS`] slots of [`PROC_WORDS`]
+    /// words), after the namespace table.
+    pub counters_offset: usize,
     /// Required segment size.
     pub total_size: usize,
 }
@@ -584,7 +614,8 @@ fn shard_sections(chunks: u64, chunk_size: u64, buckets: u64) -> Option<ShardLay
     let links_off = align_up(heads_off + 8 * chunks.div_ceil(64), a);
     let arena_off = align_up(links_off + 4 * chunks, a);
     let region_len = align_up(arena_off.checked_add(chunks.checked_mul(chunk_size)?)?, a);
-    let stride = align_up(LOCK_BLOCK as u64 + region_len, 2 * a);
+    let marks_off = LOCK_BLOCK as u64 + region_len;
+    let stride = align_up(marks_off + 8 * chunks.div_ceil(64), 2 * a);
     let u = |v: u64| usize::try_from(v).ok();
     Some(ShardLayout {
         region_offset: LOCK_BLOCK,
@@ -594,6 +625,7 @@ fn shard_sections(chunks: u64, chunk_size: u64, buckets: u64) -> Option<ShardLay
         heads_off: u(heads_off)?,
         links_off: u(links_off)?,
         arena_off: u(arena_off)?,
+        marks_off: u(marks_off)?,
         stride: u(stride)?,
     })
 }
@@ -605,9 +637,9 @@ pub const SHARDS_OFFSET: usize = 2 * size_of::<Header>();
 /// `max_entries` entries at most (0 if none fits).
 pub fn chunks_within(budget: u64, chunk_size: u32, max_entries: u32) -> u32 {
     let cs = chunk_size as u64;
-    // Per chunk: its bytes, its link, its head bit and at least half a byte of bucket: an
-    // overestimate, stepped down until it fits.
-    let n = budget as u128 * 8 / (8 * cs as u128 + 37);
+    // Per chunk: its bytes, its link, its head and accessed bits and at least half a byte
+    // of bucket: an overestimate, stepped down until it fits.
+    let n = budget as u128 * 8 / (8 * cs as u128 + 38);
     let mut n = n.min(MAX_CHUNKS_PER_SHARD as u128) as u32;
     let fits = |n: u32| {
         shard_sections(n as u64, cs, buckets_for(max_entries.min(n), n) as u64)
@@ -697,6 +729,7 @@ impl Geometry {
             },
             memo_stats_offset: 0,
             ns_offset: 0,
+            counters_offset: 0,
             total_size: to_usize(total)?,
         };
         g.check_longest(0)?;
@@ -756,10 +789,12 @@ impl Geometry {
             memo_stats + (MEMO_STAT_SLOTS * MEMO_STAT_WORDS * 8) as u64,
             2 * a,
         );
-        let total = ns + NS_TABLE_BYTES as u64;
+        let counters = align_up(ns + NS_TABLE_BYTES as u64, 2 * a);
+        let total = counters + PROC_TABLE_BYTES as u64;
         let to_usize = |v: u64| usize::try_from(v).map_err(|_| "segment too large".to_string());
         self.memo_stats_offset = to_usize(memo_stats)?;
         self.ns_offset = to_usize(ns)?;
+        self.counters_offset = to_usize(counters)?;
         self.coord = CoordLayout {
             slots,
             offset: self.coord.offset,
@@ -910,8 +945,10 @@ mod tests {
         assert!(s.links_off >= s.heads_off + (g.chunks_per_shard as usize).div_ceil(64) * 8);
         assert!(s.arena_off >= s.links_off + 4 * g.chunks_per_shard as usize);
         assert!(s.region_len >= s.arena_off + g.arena_bytes() as usize);
-        assert!(s.stride >= LOCK_BLOCK + s.region_len);
+        assert_eq!(s.marks_off, LOCK_BLOCK + s.region_len);
+        assert!(s.stride >= s.marks_off + (g.chunks_per_shard as usize).div_ceil(64) * 8);
         for off in [
+            s.marks_off,
             s.buckets_off,
             s.heads_off,
             s.links_off,
@@ -931,7 +968,9 @@ mod tests {
         assert_eq!(g.memo_stats_offset % (2 * SECTION_ALIGN), 0);
         assert!(g.ns_offset >= g.memo_stats_offset + MEMO_STAT_SLOTS * MEMO_STAT_WORDS * 8);
         assert_eq!(g.ns_offset % (2 * SECTION_ALIGN), 0);
-        assert_eq!(g.total_size, g.ns_offset + NS_TABLE_BYTES);
+        assert!(g.counters_offset >= g.ns_offset + NS_TABLE_BYTES);
+        assert_eq!(g.counters_offset % (2 * SECTION_ALIGN), 0);
+        assert_eq!(g.total_size, g.counters_offset + PROC_TABLE_BYTES);
         assert!(g.with_coord_slots(0).is_err());
         assert!(g.with_coord_slots(MAX_COORD_SLOTS + 1).is_err());
     }

@@ -131,6 +131,7 @@ mod autosync;
 mod cache;
 mod clock;
 mod coord;
+mod counters;
 mod error;
 #[cfg(feature = "fault-injection")]
 #[doc(hidden)]
@@ -146,6 +147,7 @@ mod memo;
 pub mod model;
 mod name;
 mod namespace;
+mod optimistic;
 mod persist;
 mod snapshot;
 mod sync;

@@ -6,11 +6,14 @@
 //! only so the fuzz crate can reach it.
 
 use crate::layout::Geometry;
-use crate::table::{key_hash, Deadline, Incr, Key, Now, ShardView, StoreMode, Stored};
+use crate::sys::segment::atomic_words;
+use crate::table::{key_hash, Deadline, Incr, Key, Now, ShardView, SharedShard, StoreMode, Stored};
+use std::sync::atomic::AtomicU64;
 
 /// A shard living in a heap buffer: for tests, fuzzing and Miri.
 pub struct HeapShard {
     buf: Vec<u64>,
+    marks: Vec<AtomicU64>,
     geom: Geometry,
 }
 
@@ -19,6 +22,9 @@ impl HeapShard {
     pub fn new(geom: Geometry) -> HeapShard {
         let mut s = HeapShard {
             buf: vec![0u64; geom.shard.region_len / 8],
+            marks: (0..(geom.chunks_per_shard as usize).div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             geom,
         };
         s.view().format();
@@ -28,7 +34,18 @@ impl HeapShard {
     /// The shard's view.
     pub fn view(&mut self) -> ShardView<'_> {
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.buf);
-        ShardView::new(bytes, &self.geom).expect("heap shard matches its geometry")
+        ShardView::open(bytes, &self.marks, &self.geom, &[])
+            .expect("heap shard matches its geometry")
+    }
+
+    /// The shard as a lock-free reader sees it.
+    pub fn shared(&mut self) -> SharedShard<'_> {
+        SharedShard::new(atomic_words(&mut self.buf), &self.marks, &self.geom)
+    }
+
+    /// The accessed marks.
+    pub fn marks(&self) -> &[AtomicU64] {
+        &self.marks
     }
 
     /// Raw bytes, to inject damage in tests.

@@ -92,7 +92,8 @@ fn check_with_a_stopped_holder_reports_it_instead_of_failing() {
     let c = &cache;
     let kid = spawn(move || {
         fault::arm(FaultPoint::LockHeld, FaultAction::Stop);
-        let _ = c.get(b"k1");
+        // A write: gets do not take the lock.
+        let _ = c.set(b"k1", b"changed");
         3
     });
     wait_stopped(kid);

@@ -264,11 +264,14 @@ fn stopped_holder_gives_lock_timeout_then_recovers_after_kill() {
     let kid = spawn(move || {
         let c = small(1).open_existing(&n).unwrap();
         fault::arm(FaultPoint::LockHeld, FaultAction::Stop);
-        let _ = c.get(b"k");
+        // A write: gets do not take the lock.
+        let _ = c.set(b"k", b"v2");
         3
     });
     wait_stopped(kid);
     let t = Instant::now();
+    // A get finds the stopped writer mid-change (the shard's version odd): it cannot read
+    // without the lock, and the lock is not free.
     match cache.get(b"k") {
         Err(Error::LockTimeout { shard: 0, waited }) => assert_eq!(waited, timeout),
         other => panic!("expected LockTimeout, got {other:?}"),

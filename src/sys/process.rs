@@ -69,6 +69,28 @@ pub fn is_alive(p: ProcessId) -> bool {
     }
 }
 
+/// `p` in one word: the pid in the high 32 bits, the low 32 bits of its start time in the
+/// low 32 (so an owner is claimed and checked with one compare-and-swap).
+pub fn owner_word(p: ProcessId) -> u64 {
+    (u64::from(p.pid) << 32) | (p.start & 0xffff_ffff)
+}
+
+/// Whether the process an [`owner_word`] names is still running (a start time of 0 is
+/// not checked).
+pub fn owner_alive(word: u64) -> bool {
+    let pid = (word >> 32) as u32;
+    let start = word & 0xffff_ffff;
+    if pid == 0 || pid > i32::MAX as u32 {
+        return false;
+    }
+    match stat(pid) {
+        Some(s) => {
+            !matches!(s.state, b'Z' | b'X') && (start == 0 || s.start & 0xffff_ffff == start)
+        }
+        None => is_alive(ProcessId { pid, start: 0 }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +107,11 @@ mod tests {
             start: me.start + 1
         }));
         assert!(!is_alive(ProcessId { pid: 0, start: 0 }));
+        assert!(owner_alive(owner_word(me)));
+        assert!(!owner_alive(owner_word(ProcessId {
+            pid: me.pid,
+            start: me.start + 1
+        })));
+        assert!(!owner_alive(0));
     }
 }

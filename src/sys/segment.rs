@@ -22,7 +22,7 @@ use std::fs::File;
 use std::mem::size_of;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How to treat an existing or missing name.
@@ -59,6 +59,8 @@ pub struct Segment {
     header: Header,
     created: bool,
     name: String,
+    /// This mapping's claim on a per-process counter slot (see `crate::counters`).
+    proc_claim: AtomicU64,
 }
 
 // SAFETY: the mapping is shared memory accessed only through atomics (the ready flag),
@@ -330,6 +332,7 @@ impl Segment {
             geom,
             header: h,
             created: false,
+            proc_claim: AtomicU64::new(0),
             name: name.to_string(),
         })
     }
@@ -367,6 +370,7 @@ impl Segment {
             geom: *geom,
             header,
             created: true,
+            proc_claim: AtomicU64::new(0),
             name: name.to_string(),
         };
         for i in 0..geom.shard_count as usize {
@@ -516,6 +520,7 @@ impl Segment {
             geom,
             header,
             created: false,
+            proc_claim: AtomicU64::new(0),
             name: name.to_string(),
         };
         let reinit = |m: *mut libc::pthread_mutex_t, what: String| -> Result<Option<String>> {
@@ -640,6 +645,77 @@ impl Segment {
             shard,
         })
     }
+
+    /// The seqlock's write side, for a holder of shard `shard`'s lock about to change it:
+    /// makes the version odd before anything changes. A holder that died left it odd
+    /// already; `| 1` keeps it so, and the guard's release makes it even and new
+    /// (DESIGN.md §5.4).
+    #[inline]
+    pub fn begin_write(&self, shard: usize) {
+        let version = self.shard_version(shard);
+        let v = version.load(Ordering::Relaxed);
+        if v & 1 == 0 {
+            version.store(v | 1, Ordering::Relaxed);
+        }
+        fence(Ordering::Release);
+    }
+
+    /// Shard `shard`'s version word (in its lock block; see [`crate::layout::VERSION_OFFSET`]).
+    #[inline]
+    pub fn shard_version(&self, shard: usize) -> &AtomicU64 {
+        let p = self
+            .lock_ptr(shard)
+            .cast::<u8>()
+            .wrapping_add(crate::layout::VERSION_OFFSET);
+        // SAFETY: `lock_ptr` checked `shard` and points at the shard's 64-byte aligned lock
+        // block inside the mapping; the word at `VERSION_OFFSET` (8-aligned, within the
+        // block, past the mutex: compile-time asserts in `layout`) is only ever accessed
+        // atomically and lives as long as `self`.
+        unsafe { AtomicU64::from_ptr(p.cast::<u64>()) }
+    }
+
+    /// Shard `shard`'s accessed marks: one bit per chunk, after its guarded region. Set by
+    /// any reader, cleared by lock holders, always atomically.
+    #[inline]
+    pub fn shard_marks(&self, shard: usize) -> &[AtomicU64] {
+        let g = &self.geom;
+        let words = (g.chunks_per_shard as usize).div_ceil(64);
+        let off = g.shard_offset(shard) + g.shard.marks_off;
+        if shard >= g.shard_count as usize || off + 8 * words > self.map.len() {
+            return &[];
+        }
+        // SAFETY: the `words` words at `off` lie inside the mapping (checked above) and are
+        // 8-byte aligned (`marks_off` and the stride are 64-aligned); they are only ever
+        // accessed atomically, and `AtomicU64` has the layout of `u64`.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.map.as_mut_ptr().wrapping_add(off).cast::<AtomicU64>(),
+                words,
+            )
+        }
+    }
+
+    /// Shard `shard`'s guarded region as 64-bit words, for reads without the lock: every
+    /// access through it is an atomic load (see [`crate::table::SharedShard`]).
+    #[inline]
+    pub fn shard_words(&self, shard: usize) -> &[AtomicU64] {
+        let g = &self.geom;
+        let off = g.shard_offset(shard) + g.shard.region_offset;
+        let words = g.shard.region_len / 8;
+        if shard >= g.shard_count as usize || off + 8 * words > self.map.len() {
+            return &[];
+        }
+        // SAFETY: the region lies inside the mapping (checked above) and is 64-byte aligned;
+        // `AtomicU64` has the layout of `u64`. Lock holders write these bytes with plain
+        // stores; a reader through this slice only loads atomically and trusts nothing it
+        // read until the shard's version word confirms no holder ran meanwhile.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.map.as_mut_ptr().wrapping_add(off).cast::<AtomicU64>(),
+                words,
+            )
+        }
+    }
 }
 
 impl Segment {
@@ -747,10 +823,45 @@ impl Segment {
         unsafe { std::slice::from_raw_parts(p.cast::<AtomicU64>(), count) }
     }
 
+    /// This mapping's claim on a per-process counter slot (see `crate::counters`).
+    pub fn proc_claim(&self) -> &AtomicU64 {
+        &self.proc_claim
+    }
+
+    /// The per-process counter table: word `w` of slot `s` is element `s * PROC_WORDS + w`
+    /// (empty if the mapping is too short).
+    pub fn proc_words(&self) -> &[AtomicU64] {
+        use crate::layout::{PROC_SLOTS, PROC_WORDS};
+        let off = self.geom.counters_offset;
+        let n = PROC_SLOTS * PROC_WORDS;
+        if off + 8 * n > self.map.len() {
+            return &[];
+        }
+        // SAFETY: the `n` words at `off` (128-aligned) lie inside the mapping (checked
+        // above); they are only ever accessed atomically, and `AtomicU64` has the layout
+        // of `u64`.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.map.as_mut_ptr().wrapping_add(off).cast::<AtomicU64>(),
+                n,
+            )
+        }
+    }
+
     /// Word `word` of namespace slot `slot`, or `None` if either is out of range.
     pub fn ns_word(&self, slot: usize, word: usize) -> Option<&AtomicU64> {
         self.ns_words(slot, word, 1).first()
     }
+}
+
+/// Words of ordinary memory seen as atomics, as a shard's words are by lock-free readers:
+/// how a shard kept in a heap buffer (tests, fuzzing, Miri) is read the same way.
+#[cfg(any(test, feature = "test-support"))]
+pub fn atomic_words(words: &mut [u64]) -> &[AtomicU64] {
+    const _: () = assert!(std::mem::align_of::<AtomicU64>() == std::mem::align_of::<u64>());
+    // SAFETY: `AtomicU64` has the size and (asserted above) the alignment of `u64`, and the
+    // exclusive borrow means no other access to these words exists while the result lives.
+    unsafe { &*(words as *mut [u64] as *const [AtomicU64]) }
 }
 
 /// Exclusive access to the coordination table's guarded bytes for as long as it lives.
@@ -789,16 +900,40 @@ pub struct ShardGuard<'a> {
     shard: usize,
 }
 
+impl Drop for ShardGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        // Odd: this holder (or one that died) changed the shard. Even and new before the
+        // lock is released (the field `held` drops after this): every change made
+        // happens-before the store.
+        let version = self.seg.shard_version(self.shard);
+        let v = version.load(Ordering::Relaxed);
+        if v & 1 == 1 {
+            version.store(v.wrapping_add(1), Ordering::Release);
+        }
+    }
+}
+
 impl ShardGuard<'_> {
     /// Whether the previous holder died holding the lock.
     pub fn owner_died(&self) -> bool {
         self.held.acquired() == robust::Acquired::OwnerDied
     }
 
-    /// The shard's guarded region.
+    /// The shard's guarded region, to change it: lock-free readers of the shard will retry
+    /// until this guard is dropped.
+    #[inline]
     pub fn region(&mut self) -> &mut [u8] {
+        self.seg.begin_write(self.shard);
         // SAFETY: this guard holds the shard's lock, and the `&mut self` borrow makes the
         // slice unique for its lifetime.
+        unsafe { self.seg.region_slice(self.shard) }
+    }
+
+    /// The shard's guarded region, for a holder that only reads it (or calls
+    /// [`Segment::begin_write`] before it changes anything): lock-free readers carry on.
+    pub fn region_quiet(&mut self) -> &mut [u8] {
+        // SAFETY: as in `region`.
         unsafe { self.seg.region_slice(self.shard) }
     }
 }

@@ -24,8 +24,8 @@
 
 use crate::layout::TAG_LEN;
 use crate::layout::{
-    Geometry, Record, ShardMeta, CHECKSUM_LEN, CHUNK_MARK, NIL, REC_ACCESSED, REC_FREE, REC_LEN,
-    REC_LIVE, REC_STATE_MASK, REC_TAGGED, REC_VISITED, REC_WRITING,
+    Geometry, Record, ShardMeta, CHECKSUM_LEN, CHUNK_MARK, NIL, REC_FREE, REC_LEN, REC_LIVE,
+    REC_STATE_MASK, REC_TAGGED, REC_VISITED, REC_WRITING,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
@@ -37,9 +37,11 @@ mod ops;
 mod recency;
 mod removal;
 mod repair;
+mod shared;
 mod validate;
 
 use entry::{entry_checksum, CHECKSUM_SEED};
+pub use shared::{optimistic, SharedShard, Torn};
 pub use validate::CheckScratch;
 
 /// What went wrong inside a shard operation.
@@ -208,6 +210,10 @@ pub struct ShardView<'a> {
     /// Strict LRU: every hit moves its entry to the head. Else a hit marks it accessed and
     /// eviction gives accessed entries a second chance.
     exact_lru: bool,
+    /// The accessed marks, one bit per chunk (lazy promotion). Lock-free readers set them
+    /// too, so they live outside the region and are only touched atomically. Empty: no
+    /// marks (a view that only formats, checks or repairs).
+    marks: &'a [AtomicU64],
 }
 
 /// One entry copied out for a snapshot.
@@ -238,14 +244,16 @@ impl<'a> ShardView<'a> {
     // on every operation.
     #[inline(always)]
     pub fn new(region: &'a mut [u8], geom: &Geometry) -> TResult<ShardView<'a>> {
-        Self::with_gens(region, geom, &[])
+        Self::open(region, &[], geom, &[])
     }
 
-    /// [`new`](Self::new) with the namespaces' current generations, so the view tells
-    /// which entries belong to an invalidated generation.
+    /// [`new`](Self::new) with the shard's accessed marks (`geom.shard.marks_off`, one bit
+    /// per chunk) and the namespaces' current generations, so the view tells which entries
+    /// belong to an invalidated generation.
     #[inline(always)]
-    pub fn with_gens(
+    pub fn open(
         region: &'a mut [u8],
+        marks: &'a [AtomicU64],
         geom: &Geometry,
         gens: &'a [AtomicU64],
     ) -> TResult<ShardView<'a>> {
@@ -292,6 +300,7 @@ impl<'a> ShardView<'a> {
             trailer: geom.trailer(),
             gens,
             exact_lru: geom.exact_lru,
+            marks,
         })
     }
 
@@ -572,7 +581,7 @@ mod tests {
         let mut s = HeapShard::new(g);
         let gens: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(0)).collect();
         let geom = *s.geometry();
-        let mut v = ShardView::with_gens(s.bytes_mut(), &geom, &gens).unwrap();
+        let mut v = ShardView::open(s.bytes_mut(), &[], &geom, &gens).unwrap();
         let tagged = |ns: u32, gen: u64, k: &[u8]| {
             let mut b = ns.to_le_bytes().to_vec();
             b.extend_from_slice(&gen.to_le_bytes());

@@ -121,6 +121,8 @@ impl ShardView<'_> {
         // none) whole; after it, repair finishes the overwrite (see `ShardMeta::replacing`).
         let evicted = self.make_room(need, old, now)?;
         let r = self.alloc_chain(need)?;
+        // A mark left by a reader of a former entry here must not give this one a chance.
+        self.unmark(r);
         *self.rec_mut(r)? = Record {
             hash: h,
             prev: NIL,
@@ -231,9 +233,7 @@ impl ShardView<'_> {
         self.meta.bytes_used =
             self.meta.bytes_used.saturating_sub(old.value_len as u64) + value.len() as u64;
         // A write places the entry anew: at the head, not marked accessed.
-        if old.state & REC_ACCESSED != 0 {
-            self.rec_mut(o)?.state &= !REC_ACCESSED;
-        }
+        self.unmark(o);
         self.touch(o)?;
         self.meta.sets += 1;
         Ok(Stored::Written { evicted: 0 })

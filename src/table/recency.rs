@@ -1,6 +1,7 @@
 //! The LRU list: records threaded most recent first through `prev` and `next`. With lazy
-//! promotion (the default) a hit only marks its entry accessed; eviction moves an accessed
-//! tail entry to the head (clearing the mark) instead of evicting it.
+//! promotion (the default) a hit only sets its entry's accessed mark (a bit outside the
+//! guarded region, which lock-free readers set too); eviction moves an accessed tail entry
+//! to the head (clearing the mark) instead of evicting it.
 
 use super::*;
 
@@ -47,11 +48,26 @@ impl ShardView<'_> {
         if self.exact_lru {
             return self.touch(i);
         }
-        let r = self.rec_mut(i)?;
-        if r.state & REC_ACCESSED == 0 {
-            r.state |= REC_ACCESSED;
-        }
+        self.rec(i)?;
+        mark_accessed(self.marks, i);
         Ok(())
+    }
+
+    /// Whether entry `i` was read since it was last placed.
+    #[inline]
+    pub(super) fn accessed(&self, i: u32) -> bool {
+        is_accessed(self.marks, i)
+    }
+
+    /// Clears entry `i`'s accessed mark: it is placed anew.
+    #[inline]
+    pub(super) fn unmark(&self, i: u32) {
+        if let Some(w) = self.marks.get(i as usize / 64) {
+            let bit = 1u64 << (i % 64);
+            if w.load(Ordering::Relaxed) & bit != 0 {
+                w.fetch_and(!bit, Ordering::Relaxed);
+            }
+        }
     }
 
     #[inline]
@@ -61,5 +77,25 @@ impl ShardView<'_> {
             self.lru_push_front(i)?;
         }
         Ok(())
+    }
+}
+
+/// Whether chunk `i`'s accessed mark is set in `marks`.
+#[inline]
+pub(crate) fn is_accessed(marks: &[AtomicU64], i: u32) -> bool {
+    marks
+        .get(i as usize / 64)
+        .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (i % 64)) != 0)
+}
+
+/// Sets chunk `i`'s accessed mark in `marks`, with one atomic write and only if it is not
+/// set yet, so a hot entry's hits do not keep writing a shared line. Out of range: nothing.
+#[inline]
+pub(crate) fn mark_accessed(marks: &[AtomicU64], i: u32) {
+    if let Some(w) = marks.get(i as usize / 64) {
+        let bit = 1u64 << (i % 64);
+        if w.load(Ordering::Relaxed) & bit == 0 {
+            w.fetch_or(bit, Ordering::Relaxed);
+        }
     }
 }

@@ -217,9 +217,9 @@ impl ShardView<'_> {
             let rec = *self.rec(v)?;
             let expired = Self::expired(&rec, now);
             let stale = !expired && self.stale(v, &rec)?;
-            if rec.state & REC_ACCESSED != 0 && !expired && !stale {
+            if !expired && !stale && self.accessed(v) {
                 // Read since it was placed: a second chance at the head, unmarked.
-                self.rec_mut(v)?.state &= !REC_ACCESSED;
+                self.unmark(v);
                 self.lru_unlink(v)?;
                 self.lru_push_front(v)?;
                 continue;

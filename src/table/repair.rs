@@ -181,7 +181,7 @@ impl ShardView<'_> {
         let mut steps = 0;
         while i < n && self.is_head(i) && steps <= n {
             let rec = *self.rec(i)?;
-            if rec.state & !(REC_TAGGED | REC_ACCESSED) != REC_LIVE {
+            if rec.state & !REC_TAGGED != REC_LIVE {
                 break;
             }
             push(self, i)?;
@@ -191,7 +191,7 @@ impl ShardView<'_> {
         let mut at = 0;
         while let Some(r) = self.next_head(at) {
             at = r + 1;
-            if self.rec(r)?.state & !(REC_TAGGED | REC_ACCESSED) == REC_LIVE {
+            if self.rec(r)?.state & !REC_TAGGED == REC_LIVE {
                 push(self, r)?;
             }
         }

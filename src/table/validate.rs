@@ -113,7 +113,7 @@ impl ShardView<'_> {
             if scratch.listed.test_and_set(i as usize) {
                 return Err(format!("LRU list revisits entry {i}"));
             }
-            if r.state & !(REC_TAGGED | REC_ACCESSED) != REC_LIVE {
+            if r.state & !REC_TAGGED != REC_LIVE {
                 return Err(format!("LRU list holds entry {i} in state {}", r.state));
             }
             if r.prev != prev {

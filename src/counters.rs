@@ -1,0 +1,80 @@
+//! Hit and miss counters that do not serialize gets: each process bumps its own slot of the
+//! segment's per-process table (`layout::PROC_SLOTS`), a line no other process writes, and
+//! `stats()` sums every slot.
+//!
+//! A slot is claimed on a process's first counted read: a slot this process owns already
+//! (another handle to the segment), else a free one, else one whose owner is dead (the
+//! same pid and start-time check the coordination table uses). Counts go straight into
+//! the segment, so a process that exits, cleanly or killed, loses none; whoever claims its
+//! slot next counts on top of its totals. With every slot held by a live process, a
+//! process shares one: still exact, as every bump is an atomic add.
+
+use crate::layout::{proc_word, PROC_SLOTS, PROC_WORDS};
+use crate::sys::segment::Segment;
+use crate::sys::{fork, process};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Adds one to word `word` ([`proc_word::HITS`] or [`proc_word::MISSES`]) of this process's
+/// slot.
+#[inline]
+pub(crate) fn bump(seg: &Segment, word: usize) {
+    let slot = slot(seg);
+    if let Some(w) = seg.proc_words().get(slot * PROC_WORDS + word) {
+        w.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Sums word `word` over every slot.
+pub(crate) fn total(seg: &Segment, word: usize) -> u64 {
+    seg.proc_words()
+        .chunks_exact(PROC_WORDS)
+        .map(|s| s[word].load(Ordering::Relaxed))
+        .fold(0u64, u64::wrapping_add)
+}
+
+/// This process's slot: claimed once per mapping and again after a fork.
+#[inline]
+fn slot(seg: &Segment) -> usize {
+    let claim = seg.proc_claim().load(Ordering::Relaxed);
+    let gen = fork::generation() & 0xffff_ffff;
+    // The claim: (fork generation + 1) << 32 | slot; 0 = none yet.
+    if claim >> 32 == gen + 1 {
+        return (claim & 0xffff_ffff) as usize;
+    }
+    let s = claim_slot(seg.proc_words());
+    seg.proc_claim()
+        .store(((gen + 1) << 32) | s as u64, Ordering::Relaxed);
+    s
+}
+
+#[cold]
+fn claim_slot(words: &[AtomicU64]) -> usize {
+    let me = process::current();
+    let owner = process::owner_word(me);
+    let owners = || {
+        words
+            .chunks_exact(PROC_WORDS)
+            .map(|s| &s[proc_word::OWNER])
+            .enumerate()
+    };
+    if let Some((i, _)) = owners().find(|(_, w)| w.load(Ordering::Relaxed) == owner) {
+        return i;
+    }
+    for (i, w) in owners() {
+        if w.compare_exchange(0, owner, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            return i;
+        }
+    }
+    for (i, w) in owners() {
+        let held = w.load(Ordering::Relaxed);
+        if !process::owner_alive(held)
+            && w.compare_exchange(held, owner, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return i;
+        }
+    }
+    me.pid as usize % PROC_SLOTS
+}

@@ -1,0 +1,382 @@
+//! Reading a shard without its lock: the read side of the shard's seqlock (DESIGN.md §5.4).
+//!
+//! A [`SharedShard`] sees the guarded region as 64-bit words and only ever loads them
+//! atomically, so a lock holder changing the shard meanwhile costs a retry, never undefined
+//! behaviour. Nothing it reads is trusted: every index and length is bounds-checked against
+//! the geometry, and every walk is bounded by it, so a torn or damaged view ends in
+//! [`Torn`] (the caller retries, then takes the lock), never in a panic, an out-of-bounds
+//! access or a loop. A result is only used once [`optimistic`] has seen the shard's version
+//! unchanged and even around the whole read.
+
+use super::*;
+use std::sync::atomic::fence;
+
+/// An optimistic read gave up: the view was torn or inconsistent. The caller retries or
+/// falls back to the locked path, which also repairs what is really damaged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Torn;
+
+type SResult<T> = Result<T, Torn>;
+
+/// Attempts of an optimistic read before the caller takes the lock.
+pub const OPTIMISTIC_TRIES: u32 = 4;
+
+/// Runs `read` between two loads of a shard's `version` word, up to [`OPTIMISTIC_TRIES`]
+/// times. `Some(v)`: `read` returned `v` while no lock holder ran. `None`: a holder kept
+/// running, or `read` found the shard inconsistent while none ran: take the lock.
+#[inline]
+pub fn optimistic<T>(version: &AtomicU64, mut read: impl FnMut() -> SResult<T>) -> Option<T> {
+    for _ in 0..OPTIMISTIC_TRIES {
+        let before = version.load(Ordering::Acquire);
+        if before & 1 == 0 {
+            let result = read();
+            // Orders every load `read` made before the second load of the version: if any
+            // of them saw a holder's store, this load sees that holder's odd version.
+            fence(Ordering::Acquire);
+            if version.load(Ordering::Relaxed) == before {
+                return result.ok();
+            }
+        }
+        std::hint::spin_loop();
+    }
+    None
+}
+
+/// A shard's region seen as atomic words, with the geometry needed to find entries in it.
+pub struct SharedShard<'a> {
+    words: &'a [AtomicU64],
+    marks: &'a [AtomicU64],
+    buckets_off: usize,
+    bucket_mask: u32,
+    links_off: usize,
+    arena_off: usize,
+    chunks: u32,
+    chunk_size: usize,
+    /// Longest hash chain a consistent shard can hold.
+    max_walk: u32,
+    max_key: usize,
+    max_value: usize,
+    trailer: usize,
+    seed: u64,
+}
+
+impl<'a> SharedShard<'a> {
+    /// A view of the region `words` (`geom.shard.region_len / 8` words) and its accessed
+    /// `marks`. A slice of the wrong length gives a view whose every read is [`Torn`].
+    #[inline(always)]
+    pub fn new(words: &'a [AtomicU64], marks: &'a [AtomicU64], geom: &Geometry) -> Self {
+        let s = &geom.shard;
+        let ok = words.len() * 8 == s.region_len;
+        SharedShard {
+            words: if ok { words } else { &[] },
+            marks,
+            buckets_off: s.buckets_off,
+            bucket_mask: geom.buckets.max(1) - 1,
+            links_off: s.links_off,
+            arena_off: s.arena_off,
+            chunks: geom.chunks_per_shard,
+            chunk_size: geom.chunk_size as usize,
+            max_walk: geom.max_entries_per_shard.min(geom.chunks_per_shard),
+            max_key: geom.max_key_len as usize + TAG_LEN,
+            max_value: geom.max_value_len as usize,
+            trailer: geom.trailer(),
+            seed: geom.hash_seed,
+        }
+    }
+
+    #[inline(always)]
+    fn word(&self, index: usize) -> SResult<[u8; 8]> {
+        match self.words.get(index) {
+            Some(w) => Ok(w.load(Ordering::Relaxed).to_ne_bytes()),
+            None => Err(Torn),
+        }
+    }
+
+    /// The `u32` at byte `off` of the region (4-aligned).
+    #[inline(always)]
+    fn u32_at(&self, off: usize) -> SResult<u32> {
+        let w = self.word(off / 8)?;
+        let at = off % 8;
+        let b = w.get(at..at + 4).ok_or(Torn)?;
+        Ok(u32::from_ne_bytes(b.try_into().map_err(|_| Torn)?))
+    }
+
+    /// Fills `dst` from the region's bytes starting at byte `off`, a word at a time.
+    #[inline]
+    fn load(&self, off: usize, dst: &mut [u8]) -> SResult<()> {
+        let mut at = off;
+        let mut done = 0;
+        while done < dst.len() {
+            let w = self.word(at / 8)?;
+            let s = at % 8;
+            let n = (8 - s).min(dst.len() - done);
+            dst[done..done + n].copy_from_slice(&w[s..s + n]);
+            done += n;
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Whether the region's bytes starting at byte `off` equal `want`.
+    #[inline]
+    fn equals(&self, off: usize, want: &[u8]) -> SResult<bool> {
+        let mut at = off;
+        let mut done = 0;
+        while done < want.len() {
+            let w = self.word(at / 8)?;
+            let s = at % 8;
+            let n = (8 - s).min(want.len() - done);
+            if w[s..s + n] != want[done..done + n] {
+                return Ok(false);
+            }
+            done += n;
+            at += n;
+        }
+        Ok(true)
+    }
+
+    /// The record of the entry whose head chunk is `i`.
+    #[inline(always)]
+    pub fn record(&self, i: u32) -> SResult<Record> {
+        if i >= self.chunks {
+            return Err(Torn);
+        }
+        let first = (self.arena_off + i as usize * self.chunk_size) / 8;
+        let mut b = [0u8; REC_LEN];
+        for (k, part) in b.chunks_exact_mut(8).enumerate() {
+            part.copy_from_slice(&self.word(first + k)?);
+        }
+        Ok(bytemuck::cast(b))
+    }
+
+    #[inline]
+    fn next_chunk(&self, c: u32) -> SResult<u32> {
+        match self.u32_at(self.links_off + 4 * c as usize)? {
+            n if n < self.chunks => Ok(n),
+            _ => Err(Torn),
+        }
+    }
+
+    /// Calls `f(region offset, start, len)` for consecutive pieces of the `len` bytes
+    /// starting at byte `off` of entry `r`'s key, value and checksum bytes, `start` counting
+    /// from `off`. Bounded by `len`: a cyclic chain only repeats chunks.
+    #[inline]
+    fn pieces(
+        &self,
+        r: u32,
+        off: usize,
+        len: usize,
+        mut f: impl FnMut(usize, usize, usize) -> SResult<bool>,
+    ) -> SResult<()> {
+        let cs = self.chunk_size;
+        let room = cs - REC_LEN;
+        let (mut c, mut at) = if off < room {
+            (r, REC_LEN + off)
+        } else {
+            let mut c = self.next_chunk(r)?;
+            let mut left = off - room;
+            while left >= cs {
+                c = self.next_chunk(c)?;
+                left -= cs;
+            }
+            (c, left)
+        };
+        let mut done = 0;
+        while done < len {
+            if c >= self.chunks {
+                return Err(Torn);
+            }
+            let n = (cs - at).min(len - done);
+            if !f(self.arena_off + c as usize * cs + at, done, n)? {
+                return Ok(());
+            }
+            done += n;
+            if done < len {
+                at = 0;
+                c = self.next_chunk(c)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds `key`'s entry: its head chunk and record. Only a live record is reported;
+    /// a chain longer than the shard can hold is [`Torn`].
+    #[inline]
+    pub fn find(&self, k: Key) -> SResult<Option<(u32, Record)>> {
+        let b = (k.hash & self.bucket_mask) as usize;
+        let mut i = self.u32_at(self.buckets_off + 4 * b)?;
+        for _ in 0..=self.max_walk {
+            if i == NIL {
+                return Ok(None);
+            }
+            let rec = self.record(i)?;
+            if rec.hash == k.hash
+                && rec.tagged() == k.tagged
+                && rec.key_len as usize == k.bytes.len()
+                && self.key_eq(i, k.bytes)?
+            {
+                if rec.state & REC_STATE_MASK != REC_LIVE
+                    || rec.value_len as usize > self.max_value
+                    || k.bytes.len() > self.max_key
+                {
+                    return Err(Torn);
+                }
+                return Ok(Some((i, rec)));
+            }
+            i = rec.hnext;
+        }
+        Err(Torn)
+    }
+
+    #[inline]
+    fn key_eq(&self, i: u32, key: &[u8]) -> SResult<bool> {
+        let mut eq = true;
+        self.pieces(i, 0, key.len(), |off, start, n| {
+            eq = self.equals(off, &key[start..start + n])?;
+            Ok(eq)
+        })?;
+        Ok(eq)
+    }
+
+    /// Copies the value of entry `r` (record `rec`) into `dst`, which must be exactly its
+    /// length.
+    #[inline]
+    pub fn copy_value(&self, r: u32, rec: &Record, dst: &mut [u8]) -> SResult<()> {
+        if dst.len() != rec.value_len as usize {
+            return Err(Torn);
+        }
+        self.pieces(r, rec.key_len as usize, dst.len(), |off, start, n| {
+            self.load(off, &mut dst[start..start + n])?;
+            Ok(true)
+        })
+    }
+
+    /// With checksums on, whether entry `r`'s stored checksum matches `key` and `value`
+    /// (copied out already); always true with checksums off.
+    pub fn checksum_ok(&self, r: u32, key: &[u8], value: &[u8]) -> SResult<bool> {
+        if self.trailer == 0 {
+            return Ok(true);
+        }
+        let mut stored = [0u8; CHECKSUM_LEN];
+        self.pieces(r, key.len() + value.len(), CHECKSUM_LEN, |off, start, n| {
+            self.load(off, &mut stored[start..start + n])?;
+            Ok(true)
+        })?;
+        Ok(u64::from_le_bytes(stored) == entry_checksum(self.seed, key, value))
+    }
+
+    /// Marks entry `r` accessed (lazy promotion): one atomic write, and only if unmarked.
+    /// A mark set on a chunk reused meanwhile only gives that entry a second chance.
+    #[inline]
+    pub fn mark_accessed(&self, r: u32) {
+        super::recency::mark_accessed(self.marks, r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{small_geometry, HeapShard};
+
+    fn set(s: &mut HeapShard, k: &[u8], v: &[u8], exp: u64) {
+        let g = *s.geometry();
+        let key = Key::plain(g.hash_seed, k);
+        s.view()
+            .store(
+                key,
+                v,
+                Deadline::At(exp),
+                StoreMode::Set,
+                &mut Now::fixed(0),
+            )
+            .unwrap();
+    }
+
+    fn read(s: &mut HeapShard, k: &[u8]) -> SResult<Option<Vec<u8>>> {
+        let g = *s.geometry();
+        let key = Key::plain(g.hash_seed, k);
+        let sh = s.shared();
+        match sh.find(key)? {
+            None => Ok(None),
+            Some((r, rec)) => {
+                let mut out = vec![0; rec.value_len as usize];
+                sh.copy_value(r, &rec, &mut out)?;
+                if !sh.checksum_ok(r, k, &out)? {
+                    return Err(Torn);
+                }
+                Ok(Some(out))
+            }
+        }
+    }
+
+    #[test]
+    fn reads_what_the_locked_path_wrote() {
+        let mut s = HeapShard::new(small_geometry());
+        set(&mut s, b"a", b"one", 0);
+        let long: Vec<u8> = (0..150u8).collect();
+        set(&mut s, b"a-key-of-thirty-two-bytes-length", &long, 0);
+        assert_eq!(read(&mut s, b"a"), Ok(Some(b"one".to_vec())));
+        assert_eq!(
+            read(&mut s, b"a-key-of-thirty-two-bytes-length"),
+            Ok(Some(long))
+        );
+        assert_eq!(read(&mut s, b"b"), Ok(None));
+        let g = *s.geometry();
+        let sh = s.shared();
+        let (r, _) = sh.find(Key::plain(g.hash_seed, b"a")).unwrap().unwrap();
+        sh.mark_accessed(r);
+        assert!(super::super::recency::is_accessed(s.marks(), r));
+    }
+
+    #[test]
+    fn a_version_that_moves_or_is_odd_is_never_trusted() {
+        let v = AtomicU64::new(4);
+        assert_eq!(optimistic(&v, || Ok(7)), Some(7));
+        // A holder is running: odd, every attempt gives up.
+        v.store(5, Ordering::Relaxed);
+        let mut calls = 0;
+        assert_eq!(
+            optimistic(&v, || {
+                calls += 1;
+                Ok(1)
+            }),
+            None
+        );
+        assert_eq!(calls, 0);
+        // The version moves during each read: the result is thrown away.
+        v.store(6, Ordering::Relaxed);
+        assert_eq!(
+            optimistic(&v, || {
+                v.fetch_add(2, Ordering::Relaxed);
+                Ok(1)
+            }),
+            None
+        );
+        // Consistent but inconsistent data: straight to the lock.
+        assert_eq!(optimistic::<u8>(&v, || Err(Torn)), None);
+    }
+
+    #[test]
+    fn random_bytes_never_panic_or_loop() {
+        let g = small_geometry();
+        let mut s = HeapShard::new(g);
+        for i in 0..8u8 {
+            set(&mut s, &[i; 5], &[i; 90], 0);
+        }
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..300 {
+            let bytes = s.bytes_mut();
+            for _ in 0..1 + round % 40 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let at = (x as usize) % bytes.len();
+                bytes[at] = (x >> 32) as u8;
+            }
+            for i in 0..8u8 {
+                // Anything but a panic or a hang is acceptable from damaged bytes.
+                let _ = read(&mut s, &[i; 5]);
+            }
+        }
+    }
+}
