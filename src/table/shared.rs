@@ -101,38 +101,45 @@ impl<'a> SharedShard<'a> {
         Ok(u32::from_ne_bytes(b.try_into().map_err(|_| Torn)?))
     }
 
-    /// Fills `dst` from the region's bytes starting at byte `off`, a word at a time.
-    #[inline]
+    /// The words holding the `len` bytes at byte `off` of the region.
+    #[inline(always)]
+    fn span_words(&self, off: usize, len: usize) -> SResult<&'a [AtomicU64]> {
+        let end = off.checked_add(len).ok_or(Torn)?;
+        self.words.get(off / 8..end.div_ceil(8)).ok_or(Torn)
+    }
+
+    /// Fills `dst` from the region's bytes starting at byte `off`, eight at a time, each
+    /// eight joined from the one or two aligned words they straddle.
+    #[inline(always)]
     fn load(&self, off: usize, dst: &mut [u8]) -> SResult<()> {
-        let mut at = off;
-        let mut done = 0;
-        while done < dst.len() {
-            let w = self.word(at / 8)?;
-            let s = at % 8;
-            let n = (8 - s).min(dst.len() - done);
-            dst[done..done + n].copy_from_slice(&w[s..s + n]);
-            done += n;
-            at += n;
+        let words = self.span_words(off, dst.len())?;
+        let skip = off % 8;
+        let full = dst.len() / 8;
+        for (j, d) in dst.chunks_exact_mut(8).enumerate() {
+            d.copy_from_slice(&eight(words, j, skip).to_le_bytes());
+        }
+        if dst.len() % 8 != 0 {
+            let tail = eight(words, full, skip).to_le_bytes();
+            for (d, b) in dst[8 * full..].iter_mut().zip(tail) {
+                *d = b;
+            }
         }
         Ok(())
     }
 
     /// Whether the region's bytes starting at byte `off` equal `want`.
-    #[inline]
+    #[inline(always)]
     fn equals(&self, off: usize, want: &[u8]) -> SResult<bool> {
-        let mut at = off;
-        let mut done = 0;
-        while done < want.len() {
-            let w = self.word(at / 8)?;
-            let s = at % 8;
-            let n = (8 - s).min(want.len() - done);
-            if w[s..s + n] != want[done..done + n] {
+        let words = self.span_words(off, want.len())?;
+        let skip = off % 8;
+        let full = want.len() / 8;
+        for (j, w) in want.chunks_exact(8).enumerate() {
+            if eight(words, j, skip).to_le_bytes() != w {
                 return Ok(false);
             }
-            done += n;
-            at += n;
         }
-        Ok(true)
+        let tail = eight(words, full, skip).to_le_bytes();
+        Ok(want[8 * full..].iter().zip(tail).all(|(a, b)| *a == b))
     }
 
     /// The record of the entry whose head chunk is `i`.
@@ -160,7 +167,7 @@ impl<'a> SharedShard<'a> {
     /// Calls `f(region offset, start, len)` for consecutive pieces of the `len` bytes
     /// starting at byte `off` of entry `r`'s key, value and checksum bytes, `start` counting
     /// from `off`. Bounded by `len`: a cyclic chain only repeats chunks.
-    #[inline]
+    #[inline(always)]
     fn pieces(
         &self,
         r: u32,
@@ -273,6 +280,19 @@ impl<'a> SharedShard<'a> {
     }
 }
 
+/// Bytes `8 * j + skip ..` of the bytes `words` hold, as a little-endian `u64` (missing
+/// bytes past the end read as 0): one or two atomic loads.
+#[inline(always)]
+fn eight(words: &[AtomicU64], j: usize, skip: usize) -> u64 {
+    let le = |w: &AtomicU64| u64::from_le_bytes(w.load(Ordering::Relaxed).to_ne_bytes());
+    let lo = words.get(j).map_or(0, le);
+    if skip == 0 {
+        return lo;
+    }
+    let hi = words.get(j + 1).map_or(0, le);
+    (lo >> (8 * skip)) | (hi << (64 - 8 * skip))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +346,30 @@ mod tests {
         let (r, _) = sh.find(Key::plain(g.hash_seed, b"a")).unwrap().unwrap();
         sh.mark_accessed(r);
         assert!(super::super::recency::is_accessed(s.marks(), r));
+    }
+
+    #[test]
+    fn loads_agree_with_the_bytes_at_every_offset_and_length() {
+        let mut words: Vec<u64> = (0..16u64)
+            .map(|i| u64::from_ne_bytes(std::array::from_fn(|b| (i * 8 + b as u64) as u8)))
+            .collect();
+        let g = small_geometry();
+        let atomic = crate::sys::segment::atomic_words(&mut words);
+        let sh = SharedShard {
+            words: atomic,
+            ..SharedShard::new(&[], &[], &g)
+        };
+        for off in 0..40 {
+            for len in 0..70 {
+                let mut dst = vec![0xee; len];
+                sh.load(off, &mut dst).unwrap();
+                let want: Vec<u8> = (off..off + len).map(|b| b as u8).collect();
+                assert_eq!(dst, want, "offset {off}, length {len}");
+                assert!(sh.equals(off, &want).unwrap());
+            }
+        }
+        assert_eq!(sh.load(120, &mut [0; 9]), Err(Torn));
+        assert_eq!(sh.load(usize::MAX - 3, &mut [0; 9]), Err(Torn));
     }
 
     #[test]
