@@ -296,6 +296,56 @@ pub fn run(ops: &[Op], flush_on_advance: bool) -> Result<(), String> {
     run_with(ops, flush_on_advance, false)
 }
 
+/// `key` read as a lock-free reader would at time `now`. `Err(true)`: it found the key
+/// expired (left to the locked path); `Err(false)`: it gave up.
+fn read_unlocked(shard: &mut HeapShard, key: &[u8], now: u64) -> Result<Option<Vec<u8>>, bool> {
+    let g = *shard.geometry();
+    let sh = shard.shared();
+    match sh.find(Key::plain(g.hash_seed, key)).map_err(|_| false)? {
+        None => Ok(None),
+        Some((_, rec)) if rec.expires_at != 0 && now >= rec.expires_at => Err(true),
+        Some((r, rec)) => {
+            let mut out = vec![0; rec.value_len as usize];
+            sh.copy_value(r, &rec, &mut out).map_err(|_| false)?;
+            match sh.checksum_ok(r, key, &out) {
+                Ok(true) => Ok(Some(out)),
+                _ => Err(false),
+            }
+        }
+    }
+}
+
+/// Fills a heap shard with entries, overwrites its bytes with `data` from the byte
+/// `data[0..4]` names on (the rest of `data` is the damage), then reads every key as a
+/// lock-free reader would. Any result is acceptable from damaged bytes except a panic, a
+/// hang or an out-of-bounds access (which the fuzz target and Miri would catch); returns
+/// how many reads gave a value.
+pub fn read_damaged(data: &[u8]) -> usize {
+    let g = small_geometry();
+    let mut shard = HeapShard::new(g);
+    for k in 0..12u8 {
+        let key = key_of(k);
+        let value = value_of(k, 7 * k as usize, 0);
+        let _ = shard.view().store(
+            Key::plain(g.hash_seed, &key),
+            &value,
+            Deadline::At(0),
+            StoreMode::Set,
+            &mut Now::fixed(0),
+        );
+    }
+    if let Some((at, damage)) = data.split_first_chunk::<4>() {
+        let bytes = shard.bytes_mut();
+        let start = u32::from_le_bytes(*at) as usize % bytes.len();
+        for (b, d) in bytes[start..].iter_mut().zip(damage) {
+            *b = *d;
+        }
+    }
+    (0..16u8)
+        .filter(|k| matches!(read_unlocked(&mut shard, &key_of(*k), 1), Ok(Some(_))))
+        .count()
+}
+
 /// [`run`] with strict LRU order (`exact_lru`) or lazy promotion.
 pub fn run_with(ops: &[Op], flush_on_advance: bool, exact_lru: bool) -> Result<(), String> {
     let mut g = small_geometry();
@@ -309,6 +359,11 @@ pub fn run_with(ops: &[Op], flush_on_advance: bool, exact_lru: bool) -> Result<(
     };
     let mut time = 1000u64;
     for (step, op) in ops.iter().enumerate() {
+        // A get is made twice: first as a lock-free reader sees the shard, then locked.
+        let unlocked = match op {
+            Op::Get(k) => Some(read_unlocked(&mut shard, &key_of(*k), time)),
+            _ => None,
+        };
         let mut v = shard.view();
         let mut now = Now::fixed(time);
         let ctx = |what: String| format!("step {step} {op:?}: {what}");
@@ -365,6 +420,20 @@ pub fn run_with(ops: &[Op], flush_on_advance: bool, exact_lru: bool) -> Result<(
                     }
                     None => None,
                 };
+                // A quiet shard is never torn: the lock-free read must agree, except that it
+                // leaves an expired entry to the locked path.
+                match unlocked {
+                    Some(Ok(Some(u))) if got.as_ref() != Some(&u) => {
+                        return Err(ctx(format!("unlocked read {u:?}, locked {got:?}")));
+                    }
+                    Some(Ok(None)) if got.is_some() => {
+                        return Err(ctx(format!("unlocked read missed, locked {got:?}")));
+                    }
+                    Some(Err(expired)) if !expired || got.is_some() => {
+                        return Err(ctx(format!("unlocked read gave up, locked {got:?}")));
+                    }
+                    _ => {}
+                }
                 compare(&mut model, &key, got, exact).map_err(ctx)?;
             }
             Op::Remove(k) => {
