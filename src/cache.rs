@@ -412,9 +412,11 @@ pub enum Expiry {
 /// Counters of one shard, or summed over all.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ShardStats {
-    /// Lookups that found a live entry.
+    /// Lookups that found a live entry. In the totals: every hit of every process. Per
+    /// shard: only the hits counted under the shard's lock (gets that take no lock count in
+    /// their process's slot, which has no shard).
     pub hits: u64,
-    /// Lookups that found nothing.
+    /// Lookups that found nothing (totals and per shard as for `hits`).
     pub misses: u64,
     /// Values written.
     pub sets: u64,

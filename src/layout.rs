@@ -34,7 +34,7 @@ pub const fn undo_chunks(chunk_size: usize) -> usize {
 pub const LOCK_BLOCK: usize = 64;
 /// Offset in a shard's lock block of its version word (a `u64` seqlock count): odd while a
 /// lock holder may be changing the shard, bumped by every holder. Optimistic readers check
-/// it before and after reading without the lock (DESIGN.md §5.4).
+/// it before and after reading without the lock (DESIGN.md §4.1).
 pub const VERSION_OFFSET: usize = 48;
 /// Alignment of every section inside a shard, and of the shard stride.
 pub const SECTION_ALIGN: usize = 64;

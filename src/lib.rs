@@ -3,7 +3,9 @@
 //! One LRU cache in named shared memory that many processes use at once: forked workers
 //! and separately launched programs attach to it by name, entries expire per key, a process
 //! killed while holding a lock never wedges the others, and forks are handled for you. No
-//! server, no socket: a lookup is a hash, a short critical section and a memcpy.
+//! server, no socket: a get is a hash and a copy read under a per-shard version word with
+//! no lock taken (it retries if a writer ran meanwhile); a write is a short critical section
+//! behind a robust mutex.
 //!
 //! ```
 //! use shmemcache::{Cache, Options};

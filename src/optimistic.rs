@@ -1,4 +1,4 @@
-//! The cache's reads without the shard lock: the seqlock read side (DESIGN.md §5.4) put
+//! The cache's reads without the shard lock: the seqlock read side (DESIGN.md §4.1) put
 //! together with routing, expiry, namespaces, recency and counters. Each returns `None`
 //! when the caller must take the locked path instead: a lock holder kept running, the
 //! view was inconsistent, or the entry has expired (the locked path reclaims it).

@@ -649,7 +649,7 @@ impl Segment {
     /// The seqlock's write side, for a holder of shard `shard`'s lock about to change it:
     /// makes the version odd before anything changes. A holder that died left it odd
     /// already; `| 1` keeps it so, and the guard's release makes it even and new
-    /// (DESIGN.md §5.4).
+    /// (DESIGN.md §4.1).
     #[inline]
     pub fn begin_write(&self, shard: usize) {
         let version = self.shard_version(shard);

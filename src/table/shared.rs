@@ -1,4 +1,4 @@
-//! Reading a shard without its lock: the read side of the shard's seqlock (DESIGN.md §5.4).
+//! Reading a shard without its lock: the read side of the shard's seqlock (DESIGN.md §4.1).
 //!
 //! A [`SharedShard`] sees the guarded region as 64-bit words and only ever loads them
 //! atomically, so a lock holder changing the shard meanwhile costs a retry, never undefined
