@@ -108,19 +108,27 @@ impl<'a> SharedShard<'a> {
         self.words.get(off / 8..end.div_ceil(8)).ok_or(Torn)
     }
 
-    /// Fills `dst` from the region's bytes starting at byte `off`, eight at a time, each
-    /// eight joined from the one or two aligned words they straddle.
+    /// Fills `dst` from the region's bytes starting at byte `off`, eight at a time: whole
+    /// words when `off` is aligned (the common case: keys and values follow 8-aligned
+    /// records), else each eight joined from the two words they straddle.
     #[inline(always)]
     fn load(&self, off: usize, dst: &mut [u8]) -> SResult<()> {
         let words = self.span_words(off, dst.len())?;
         let skip = off % 8;
         let full = dst.len() / 8;
-        for (j, d) in dst.chunks_exact_mut(8).enumerate() {
-            d.copy_from_slice(&eight(words, j, skip).to_le_bytes());
+        let (body, tail) = dst.split_at_mut(full * 8);
+        if skip == 0 {
+            for (d, w) in body.chunks_exact_mut(8).zip(words) {
+                d.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
+            }
+        } else {
+            for (j, d) in body.chunks_exact_mut(8).enumerate() {
+                d.copy_from_slice(&eight(words, j, skip).to_le_bytes());
+            }
         }
-        if dst.len() % 8 != 0 {
-            let tail = eight(words, full, skip).to_le_bytes();
-            for (d, b) in dst[8 * full..].iter_mut().zip(tail) {
+        if !tail.is_empty() {
+            let last = eight(words, full, skip).to_le_bytes();
+            for (d, b) in tail.iter_mut().zip(last) {
                 *d = b;
             }
         }
