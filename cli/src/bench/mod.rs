@@ -196,6 +196,8 @@ struct Tally {
     hits: u64,
     gets: u64,
     elapsed_ns: u64,
+    /// Operations that returned an error.
+    errors: u64,
     hist: Histogram<u64>,
 }
 
@@ -206,7 +208,7 @@ fn new_hist() -> Histogram<u64> {
 impl Tally {
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        for v in [self.ops, self.hits, self.gets, self.elapsed_ns] {
+        for v in [self.ops, self.hits, self.gets, self.elapsed_ns, self.errors] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         for iv in self.hist.iter_recorded() {
@@ -223,7 +225,7 @@ impl Tally {
             ))
         };
         let mut hist = new_hist();
-        let pairs = b.get(32..)?;
+        let pairs = b.get(40..)?;
         for p in pairs.chunks_exact(16) {
             let v = u64::from_le_bytes(p[..8].try_into().ok()?);
             let n = u64::from_le_bytes(p[8..].try_into().ok()?);
@@ -234,6 +236,7 @@ impl Tally {
             hits: word(1)?,
             gets: word(2)?,
             elapsed_ns: word(3)?,
+            errors: word(4)?,
             hist,
         })
     }
@@ -272,6 +275,7 @@ fn work(t: &dyn Target, w: &Workload, seed: u64) -> Result<Tally, String> {
         hits: 0,
         gets: 0,
         elapsed_ns: 0,
+        errors: 0,
         hist: new_hist(),
     };
     let start = Instant::now();
@@ -297,6 +301,7 @@ fn work(t: &dyn Target, w: &Workload, seed: u64) -> Result<Tally, String> {
         }
     }
     tally.elapsed_ns = start.elapsed().as_nanos() as u64;
+    tally.errors = client.errors();
     Ok(tally)
 }
 
@@ -311,6 +316,8 @@ pub struct RunResult {
     pub p999_ns: u64,
     pub hit_ratio: Option<f64>,
     pub evictions: Option<u64>,
+    /// Operations that returned an error (measured runs; the median run's count).
+    pub errors: u64,
     /// Total ops/s of every repetition (the reported run is their median).
     pub runs: Vec<f64>,
 }
@@ -397,7 +404,7 @@ fn run_one(
         }
     }
     let mut hist = new_hist();
-    let (mut hits, mut gets) = (0u64, 0u64);
+    let (mut hits, mut gets, mut errors) = (0u64, 0u64, 0u64);
     let mut per_process = Vec::new();
     let mut total_rate = 0.0;
     for b in &bufs {
@@ -414,6 +421,7 @@ fn run_one(
         total_rate += rate;
         hits += tally.hits;
         gets += tally.gets;
+        errors += tally.errors;
         hist.add(&tally.hist).map_err(|e| e.to_string())?;
     }
     if let Some(f) = failed {
@@ -432,6 +440,7 @@ fn run_one(
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
             _ => None,
         },
+        errors,
         runs: Vec::new(),
     })
 }
@@ -568,7 +577,7 @@ fn report_json(a: &BenchArgs, w: &Workload, results: &[RunResult]) -> Value {
                 "target": r.target, "procs": r.procs, "ops_per_sec": r.ops_per_sec,
                 "per_process_ops_per_sec": r.per_process, "p50_ns": r.p50_ns,
                 "p99_ns": r.p99_ns, "p999_ns": r.p999_ns, "hit_ratio": r.hit_ratio,
-                "evictions": r.evictions, "runs_ops_per_sec": r.runs,
+                "evictions": r.evictions, "errors": r.errors, "runs_ops_per_sec": r.runs,
             })
         })
         .collect();
@@ -609,6 +618,12 @@ fn report_text(a: &BenchArgs, results: &[RunResult]) -> String {
             r.hit_ratio
                 .map_or("-".into(), |h| format!("{:.1}", h * 100.0)),
             r.evictions.map_or("-".into(), |e| e.to_string())
+        ));
+    }
+    for r in results.iter().filter(|r| r.errors > 0) {
+        s.push_str(&format!(
+            "{} at {} processes: {} operations failed (e.g. LockTimeout)\n",
+            r.target, r.procs, r.errors
         ));
     }
     if a.repeat > 1 {

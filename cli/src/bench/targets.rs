@@ -23,6 +23,10 @@ pub trait Worker {
     fn get(&mut self, key: &[u8], buf: &mut [u8]) -> bool;
     /// Stores `value` under `key`.
     fn set(&mut self, key: &[u8], value: &[u8]);
+    /// Operations that failed with an error (a `LockTimeout`, say) so far.
+    fn errors(&self) -> u64 {
+        0
+    }
 }
 
 /// A system under test.
@@ -124,7 +128,7 @@ impl Target for ShmemTarget {
         let cache = Options::new()
             .open_existing(&self.segment)
             .map_err(|e| e.to_string())?;
-        Ok(Box::new(ShmemWorker(cache)))
+        Ok(Box::new(ShmemWorker(cache, 0)))
     }
 
     fn evictions(&self) -> Option<u64> {
@@ -138,14 +142,23 @@ impl Target for ShmemTarget {
     }
 }
 
-struct ShmemWorker(Cache);
+struct ShmemWorker(Cache, u64);
 
 impl Worker for ShmemWorker {
     fn get(&mut self, key: &[u8], buf: &mut [u8]) -> bool {
-        matches!(self.0.get_into(key, buf), Ok(Some(_)))
+        match self.0.get_into(key, buf) {
+            Ok(found) => found.is_some(),
+            Err(_) => {
+                self.1 += 1;
+                false
+            }
+        }
     }
     fn set(&mut self, key: &[u8], value: &[u8]) {
-        let _ = self.0.set(key, value);
+        self.1 += u64::from(self.0.set(key, value).is_err());
+    }
+    fn errors(&self) -> u64 {
+        self.1
     }
 }
 
