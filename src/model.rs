@@ -161,7 +161,18 @@ impl Model {
                 // old ones are held.
                 let old = &self.entries[i];
                 let same = need == self.need(old.key.len(), old.value.len());
-                let ev = if same && need <= crate::layout::undo_chunks(self.chunk_size) {
+                let in_place = same && need <= crate::layout::undo_chunks(self.chunk_size);
+                if in_place && !self.exact_lru {
+                    // Lazy recency: rewritten in place, the entry is marked used, not moved.
+                    let e = &mut self.entries[i];
+                    e.value = value.to_vec();
+                    e.accessed = true;
+                    if let Some(t) = exp {
+                        e.expires = t;
+                    }
+                    return Stored::Written { evicted: 0 };
+                }
+                let ev = if in_place {
                     0
                 } else {
                     self.make_room(need, false, Some(key))

@@ -232,9 +232,16 @@ impl ShardView<'_> {
         self.deadline_changed(old.expires_at, expires_at);
         self.meta.bytes_used =
             self.meta.bytes_used.saturating_sub(old.value_len as u64) + value.len() as u64;
-        // A write places the entry anew: at the head, not marked accessed.
-        self.unmark(o);
-        self.touch(o)?;
+        // Strict LRU: a write places the entry anew, at the head. Lazy recency: a rewrite in
+        // place marks the entry used, as a hit does, and leaves the LRU list alone: the
+        // write touches no neighbour's record and not the list head, the lines other
+        // writers of the shard contend for.
+        if self.exact_lru {
+            self.unmark(o);
+            self.touch(o)?;
+        } else {
+            self.promote(o)?;
+        }
         self.meta.sets += 1;
         Ok(Stored::Written { evicted: 0 })
     }
