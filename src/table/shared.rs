@@ -121,7 +121,16 @@ impl<'a> SharedShard<'a> {
         let full = dst.len() / 8;
         let (body, tail) = dst.split_at_mut(full * 8);
         if skip == 0 {
-            for (d, w) in body.chunks_exact_mut(8).zip(words) {
+            // A line at a time: eight loads issued back to back, then one 64-byte store.
+            let body_len = body.len();
+            let mut lines = body.chunks_exact_mut(64);
+            let mut src = words.chunks_exact(8);
+            for (d, w) in (&mut lines).zip(&mut src) {
+                let line: [u64; 8] = std::array::from_fn(|i| w[i].load(Ordering::Relaxed));
+                d.copy_from_slice(bytemuck::bytes_of(&line));
+            }
+            let done = body_len - lines.into_remainder().len();
+            for (d, w) in body[done..].chunks_exact_mut(8).zip(&words[done / 8..]) {
                 d.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
             }
         } else {
