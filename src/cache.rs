@@ -982,11 +982,18 @@ impl Cache {
         self.ns_hit(hit);
     }
 
-    /// Counts a get of a named namespace.
+    /// Counts a get of a named namespace: in this process's slot for the first
+    /// [`PROC_NS`](crate::layout::PROC_NS) named namespaces, else in its shared words.
     #[inline]
     fn ns_hit(&self, hit: bool) {
         use crate::layout::ns_word::{HITS, MISSES};
-        self.ns_count(if hit { HITS } else { MISSES });
+        if self.ns == 0 {
+            return;
+        }
+        match crate::layout::proc_ns_word(self.ns, hit) {
+            Some(w) => crate::counters::bump(&self.seg, w),
+            None => self.ns_count(if hit { HITS } else { MISSES }),
+        }
     }
 
     /// Copies the value of `key` into `buf` without allocating; returns its length.
@@ -1269,9 +1276,12 @@ impl Cache {
                     .ns_word(self.ns, w)
                     .map_or(0, |x| x.load(std::sync::atomic::Ordering::Relaxed))
             };
-            use crate::layout::ns_word::{HITS, MISSES, SETS};
-            (st.total.hits, st.total.misses, st.total.sets) =
-                (word(HITS), word(MISSES), word(SETS));
+            use crate::layout::ns_word::SETS;
+            (st.total.hits, st.total.misses, st.total.sets) = (
+                self.ns_gets(self.ns, true),
+                self.ns_gets(self.ns, false),
+                word(SETS),
+            );
         }
         Ok(st)
     }

@@ -1,6 +1,7 @@
 //! Hit and miss counters that do not serialize gets: each process bumps its own slot of the
-//! segment's per-process table (`layout::PROC_SLOTS`), a line no other process writes, and
-//! `stats()` sums every slot.
+//! segment's per-process table (`layout::PROC_SLOTS`), lines no other process writes, and
+//! `stats()` sums every slot. The slot also counts the gets of the first named namespaces
+//! (`layout::PROC_NS`).
 //!
 //! A slot is claimed on a process's first counted read: a slot this process owns already
 //! (another handle to the segment), else a free one, else one whose owner is dead (the

@@ -494,8 +494,11 @@ pub const NS_TABLE_BYTES: usize = NS_SLOTS * 8 + NS_SLOTS * NS_WORDS * 8;
 /// also makes. A slot outlives its process: the next claimer of a dead owner's slot keeps
 /// counting on top of its totals, so nothing counted is lost.
 pub const PROC_SLOTS: usize = 128;
-/// `u64` words per per-process counter slot (64 bytes: one cache line).
-pub const PROC_WORDS: usize = 8;
+/// `u64` words per per-process counter slot (128 bytes: two cache lines).
+pub const PROC_WORDS: usize = 16;
+/// Named namespaces (slots `1..=PROC_NS`, the first created) whose hits and misses are
+/// also counted per process; later ones count in their shared namespace words.
+pub const PROC_NS: usize = 6;
 /// Bytes of the per-process counter table.
 pub const PROC_TABLE_BYTES: usize = PROC_SLOTS * PROC_WORDS * 8;
 
@@ -508,6 +511,17 @@ pub mod proc_word {
     pub const HITS: usize = 1;
     /// Gets that did not.
     pub const MISSES: usize = 2;
+    /// Hits of namespace slot `n` (`1..=PROC_NS`) are word `NS + 2 * (n - 1)`, its misses
+    /// the word after.
+    pub const NS: usize = 4;
+}
+
+/// The per-process counter word of namespace slot `ns`'s hits (or misses), if that
+/// namespace is counted per process.
+pub fn proc_ns_word(ns: usize, hit: bool) -> Option<usize> {
+    (1..=PROC_NS)
+        .contains(&ns)
+        .then(|| proc_word::NS + 2 * (ns - 1) + usize::from(!hit))
 }
 
 /// Word indices inside a namespace slot.

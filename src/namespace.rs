@@ -301,6 +301,19 @@ impl Cache {
             .collect()
     }
 
+    /// Hits (or misses) of the gets of namespace slot `ns`: its shared word plus, for the
+    /// first named namespaces, every process's own count.
+    pub(crate) fn ns_gets(&self, ns: usize, hit: bool) -> u64 {
+        let w = if hit { ns_word::HITS } else { ns_word::MISSES };
+        let shared = self
+            .seg
+            .ns_word(ns, w)
+            .map_or(0, |x| x.load(Ordering::Relaxed));
+        let own = crate::layout::proc_ns_word(ns, hit)
+            .map_or(0, |pw| crate::counters::total(&self.seg, pw));
+        shared.wrapping_add(own)
+    }
+
     /// This namespace's figures. Entries and bytes come from a scan of every shard (one
     /// bounded batch per lock hold); the counters from the namespace table. For the
     /// default namespace, hits, misses and sets are the cache's less the other
@@ -313,16 +326,18 @@ impl Cache {
                 .map_or(0, |x| x.load(Ordering::Relaxed))
         };
         let (mut hits, mut misses, mut sets) = (
-            word(self.ns, ns_word::HITS),
-            word(self.ns, ns_word::MISSES),
+            self.ns_gets(self.ns, true),
+            self.ns_gets(self.ns, false),
             word(self.ns, ns_word::SETS),
         );
         if self.ns == 0 {
             let t = self.stats()?.total;
-            let others = |w| (1..NS_SLOTS).map(|s| word(s, w)).sum::<u64>();
-            hits = t.hits.saturating_sub(others(ns_word::HITS));
-            misses = t.misses.saturating_sub(others(ns_word::MISSES));
-            sets = t.sets.saturating_sub(others(ns_word::SETS));
+            let others = |hit| (1..NS_SLOTS).map(|s| self.ns_gets(s, hit)).sum::<u64>();
+            hits = t.hits.saturating_sub(others(true));
+            misses = t.misses.saturating_sub(others(false));
+            sets = t
+                .sets
+                .saturating_sub((1..NS_SLOTS).map(|s| word(s, ns_word::SETS)).sum::<u64>());
         }
         Ok(NamespaceStats {
             name: self.ns_name(self.ns),

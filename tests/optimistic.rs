@@ -340,3 +340,48 @@ fn stats_total_hits_and_misses_of_processes_that_exited() {
     assert_eq!(after.hits - before.hits, 4 * 100 + 10 * 6 + 50);
     assert_eq!(after.misses - before.misses, 7 * 6);
 }
+
+#[test]
+fn namespace_hits_and_misses_of_processes_that_exited() {
+    let name = Name::new("ns-counters");
+    let cache = Options::new()
+        .capacity_bytes(1 << 20)
+        .create(&name)
+        .unwrap();
+    // Eight namespaces: the first six count per process, the others in shared words.
+    let names: Vec<String> = (0..8).map(|i| format!("ns{i}")).collect();
+    for n in &names {
+        cache.namespace(n).unwrap().set(b"k", b"v").unwrap();
+    }
+    let kids: Vec<Pid> = (0..3u64)
+        .map(|c| {
+            let (n, names) = (name.0.clone(), names.clone());
+            spawn(move || {
+                let cache = Cache::open_existing(&n).unwrap();
+                for (i, ns) in names.iter().enumerate() {
+                    let h = cache.namespace(ns).unwrap();
+                    for _ in 0..(i as u64 + 1) * (c + 1) {
+                        assert!(h.get(b"k").unwrap().is_some());
+                    }
+                    assert!(h.get(b"absent").unwrap().is_none());
+                }
+                0
+            })
+        })
+        .collect();
+    for k in kids {
+        assert_exits_ok(k);
+    }
+    for (i, ns) in names.iter().enumerate() {
+        let h = cache.namespace(ns).unwrap();
+        let st = h.namespace_stats().unwrap();
+        // Children 1, 2 and 3 read it (i + 1) times each, times their number.
+        assert_eq!(st.hits, (i as u64 + 1) * 6, "{ns}");
+        assert_eq!(st.misses, 3, "{ns}");
+        assert_eq!(h.stats().unwrap().total.hits, (i as u64 + 1) * 6, "{ns}");
+    }
+    // The default namespace's figures are the cache's less the named ones'.
+    let all = cache.stats().unwrap().total;
+    let default = cache.namespace_stats().unwrap();
+    assert_eq!(default.hits, all.hits - (1..=8).map(|i| i * 6).sum::<u64>());
+}
