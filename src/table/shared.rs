@@ -134,8 +134,21 @@ impl<'a> SharedShard<'a> {
                 d.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
             }
         } else {
-            for (j, d) in body.chunks_exact_mut(8).enumerate() {
-                d.copy_from_slice(&eight(words, j, skip).to_le_bytes());
+            // Misaligned (the value follows a key of any length): a line at a time too,
+            // nine loads joined pairwise into eight words, on little-endian machines.
+            let mut k = 0;
+            if cfg!(target_endian = "little") {
+                let (lo, hi) = (8 * skip as u32, 64 - 8 * skip as u32);
+                for d in body.chunks_exact_mut(64) {
+                    let w = words.get(k..k + 9).ok_or(Torn)?;
+                    let w: [u64; 9] = std::array::from_fn(|i| w[i].load(Ordering::Relaxed));
+                    let line: [u64; 8] = std::array::from_fn(|i| (w[i] >> lo) | (w[i + 1] << hi));
+                    d.copy_from_slice(bytemuck::bytes_of(&line));
+                    k += 8;
+                }
+            }
+            for (j, d) in body[8 * k..].chunks_exact_mut(8).enumerate() {
+                d.copy_from_slice(&eight(words, k + j, skip).to_le_bytes());
             }
         }
         if !tail.is_empty() {
