@@ -439,6 +439,49 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_random_stores_never_panic_or_loop() {
+        // One thread keeps storing random words over a shard full of entries while another
+        // reads every key the lock-free way: any answer, never a panic or a hang. Both
+        // sides are atomic, so this is defined behaviour (and Miri checks it).
+        let g = small_geometry();
+        let mut s = HeapShard::new(g);
+        for i in 0..8u8 {
+            set(&mut s, &[i; 5], &[i; 90], 0);
+        }
+        let mut buf: Vec<u64> = bytemuck::cast_slice(s.bytes_mut()).to_vec();
+        let words = crate::sys::segment::atomic_words(&mut buf);
+        let sh = SharedShard::new(words, &[], &g);
+        for i in 0..8u8 {
+            // Before the damage starts every entry reads back whole.
+            let (at, rec) = sh.find(Key::plain(g.hash_seed, &[i; 5])).unwrap().unwrap();
+            let mut out = vec![0; rec.value_len as usize];
+            sh.copy_value(at, &rec, &mut out).unwrap();
+            assert_eq!(out, [i; 90]);
+        }
+        let rounds = if cfg!(miri) { 20 } else { 20_000 };
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|t| {
+            t.spawn(|| {
+                let mut x = 0x9e37_79b9_7f4a_7c15u64;
+                while !done.load(Ordering::Relaxed) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    words[x as usize % words.len()].store(x.rotate_left(17), Ordering::Relaxed);
+                }
+            });
+            for r in 0..rounds {
+                let i = (r % 8) as u8;
+                if let Ok(Some((at, rec))) = sh.find(Key::plain(g.hash_seed, &[i; 5])) {
+                    let mut out = vec![0; rec.value_len as usize];
+                    let _ = sh.copy_value(at, &rec, &mut out);
+                }
+            }
+            done.store(true, Ordering::Relaxed);
+        });
+    }
+
+    #[test]
     fn random_bytes_never_panic_or_loop() {
         let g = small_geometry();
         let mut s = HeapShard::new(g);
