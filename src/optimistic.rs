@@ -105,3 +105,35 @@ impl Cache {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::table::TableError;
+    use crate::{Cache, Options};
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn a_panicking_holder_leaves_readers_to_the_lock_until_repaired() {
+        let name = format!("shmc-unit-{}-panic-version", std::process::id());
+        let cache = Options::new()
+            .capacity_bytes(1 << 20)
+            .shards(1)
+            .create(&name)
+            .unwrap();
+        cache.set(b"k", b"v").unwrap();
+        let version = || cache.seg.shard_version(0).load(Ordering::Relaxed);
+        assert_eq!(version() & 1, 0);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cache.with_shard(0, |_| -> Result<(), TableError> { panic!("mid-change") })
+        }));
+        assert!(r.is_err());
+        // Half changed as far as anyone knows: no reader may trust the shard.
+        assert_eq!(version() & 1, 1);
+        // A get takes the lock, which repairs first, and leaves the version even.
+        assert_eq!(cache.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+        assert_eq!(version() & 1, 0);
+        assert_eq!(cache.stats().unwrap().total.recoveries, 1);
+        Cache::unlink(&name).unwrap();
+    }
+}

@@ -905,10 +905,12 @@ impl Drop for ShardGuard<'_> {
     fn drop(&mut self) {
         // Odd: this holder (or one that died) changed the shard. Even and new before the
         // lock is released (the field `held` drops after this): every change made
-        // happens-before the store.
+        // happens-before the store. A holder unwinding from a panic may have left the
+        // shard half changed (and dirty): it stays odd, so readers take the lock, and the
+        // next holder repairs it first.
         let version = self.seg.shard_version(self.shard);
         let v = version.load(Ordering::Relaxed);
-        if v & 1 == 1 {
+        if v & 1 == 1 && !std::thread::panicking() {
             version.store(v.wrapping_add(1), Ordering::Release);
         }
     }
