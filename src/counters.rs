@@ -1,7 +1,8 @@
 //! Hit and miss counters that do not serialize gets: each process bumps its own slot of the
 //! segment's per-process table (`layout::PROC_SLOTS`), lines no other process writes, and
 //! `stats()` sums every slot. The slot also counts the gets of the first named namespaces
-//! (`layout::PROC_NS`).
+//! (`layout::PROC_NS`) and the hits of memoized calls (`layout::PROC_MEMO` functions),
+//! so a memoized hit writes no shared line either.
 //!
 //! A slot is claimed on a process's first counted read: a slot this process owns already
 //! (another handle to the segment), else a free one, else one whose owner is dead (the
@@ -23,6 +24,60 @@ pub(crate) fn bump(seg: &Segment, word: usize) {
     if let Some(w) = seg.proc_words().get(slot * PROC_WORDS + word) {
         w.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Adds one to the hits of memo statistics slot `memo` in this process's slot: slot 0 (all
+/// memoized calls) has its own word; a function's slot takes one of the process's pairs.
+/// False when every pair belongs to other functions: the caller bumps the shared word.
+#[inline]
+pub(crate) fn bump_memo_hit(seg: &Segment, memo: usize) -> bool {
+    use crate::layout::PROC_MEMO;
+    let slot = slot(seg);
+    let Some(mine) = seg
+        .proc_words()
+        .get(slot * PROC_WORDS..(slot + 1) * PROC_WORDS)
+    else {
+        return false;
+    };
+    if memo == 0 {
+        mine[proc_word::MEMO_HITS].fetch_add(1, Ordering::Relaxed);
+        return true;
+    }
+    let id = memo as u64 + 1;
+    let pairs = mine[proc_word::MEMO..proc_word::MEMO + 2 * PROC_MEMO].chunks_exact(2);
+    for pair in pairs {
+        let held = pair[0].load(Ordering::Relaxed);
+        let ours = held == id
+            || (held == 0
+                && match pair[0].compare_exchange(0, id, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => true,
+                    Err(now) => now == id,
+                });
+        if ours {
+            pair[1].fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+    }
+    false
+}
+
+/// The hits of memo statistics slot `memo` counted in every process's slot.
+pub(crate) fn memo_hits(seg: &Segment, memo: usize) -> u64 {
+    use crate::layout::PROC_MEMO;
+    let id = memo as u64 + 1;
+    seg.proc_words()
+        .chunks_exact(PROC_WORDS)
+        .map(|s| {
+            if memo == 0 {
+                return s[proc_word::MEMO_HITS].load(Ordering::Relaxed);
+            }
+            s[proc_word::MEMO..proc_word::MEMO + 2 * PROC_MEMO]
+                .chunks_exact(2)
+                .filter(|p| p[0].load(Ordering::Relaxed) == id)
+                .map(|p| p[1].load(Ordering::Relaxed))
+                .fold(0u64, u64::wrapping_add)
+        })
+        .fold(0u64, u64::wrapping_add)
 }
 
 /// Sums word `word` over every slot.

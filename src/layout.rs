@@ -494,8 +494,8 @@ pub const NS_TABLE_BYTES: usize = NS_SLOTS * 8 + NS_SLOTS * NS_WORDS * 8;
 /// also makes. A slot outlives its process: the next claimer of a dead owner's slot keeps
 /// counting on top of its totals, so nothing counted is lost.
 pub const PROC_SLOTS: usize = 128;
-/// `u64` words per per-process counter slot (128 bytes: two cache lines).
-pub const PROC_WORDS: usize = 16;
+/// `u64` words per per-process counter slot (256 bytes: four cache lines).
+pub const PROC_WORDS: usize = 32;
 /// Named namespaces (slots `1..=PROC_NS`, the first created) whose hits and misses are
 /// also counted per process; later ones count in their shared namespace words.
 pub const PROC_NS: usize = 6;
@@ -511,10 +511,19 @@ pub mod proc_word {
     pub const HITS: usize = 1;
     /// Gets that did not.
     pub const MISSES: usize = 2;
+    /// Memoized calls answered from the cache (memo statistics slot 0's hits).
+    pub const MEMO_HITS: usize = 3;
     /// Hits of namespace slot `n` (`1..=PROC_NS`) are word `NS + 2 * (n - 1)`, its misses
     /// the word after.
     pub const NS: usize = 4;
+    /// [`PROC_MEMO`] pairs: a memo statistics slot + 1 (0 = unused; set by compare-and-swap),
+    /// then that memoized function's hits counted by this process.
+    pub const MEMO: usize = 16;
 }
+
+/// Memoized functions whose hits a process counts in its own slot; further ones count in
+/// their shared memo statistics words.
+pub const PROC_MEMO: usize = 8;
 
 /// The per-process counter word of namespace slot `ns`'s hits (or misses), if that
 /// namespace is counted per process.

@@ -318,6 +318,10 @@ impl Cache {
             .into_iter()
             .flatten()
         {
+            // Hits, the per-call counter, go to this process's own slot when they can.
+            if word == memo_stat::HITS && crate::counters::bump_memo_hit(&self.seg, slot) {
+                continue;
+            }
             if let Some(w) = self.seg.memo_stat_word(slot, word) {
                 w.fetch_add(1, Ordering::Relaxed);
             }
@@ -348,7 +352,7 @@ impl Cache {
                 .map_or(0, |w| w.load(Ordering::Relaxed))
         };
         MemoStats {
-            hits: get(memo_stat::HITS),
+            hits: get(memo_stat::HITS).wrapping_add(crate::counters::memo_hits(&self.seg, slot)),
             stale: get(memo_stat::STALE),
             misses: get(memo_stat::MISSES),
             computed: get(memo_stat::COMPUTED),

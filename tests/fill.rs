@@ -18,7 +18,9 @@ fn the_budget_holds_live_bytes_for_every_size_mix() {
             r.label,
             r.segment
         );
-        assert!(r.fixed_overhead < 128 << 10, "{}", r.fixed_overhead);
+        // Headers, coordination table, memo statistics, namespace table and per-process
+        // counters: a fixed 142 KiB with the defaults, whatever the budget.
+        assert!(r.fixed_overhead < 160 << 10, "{}", r.fixed_overhead);
         let live = r.live as f64 / budget as f64;
         match r.label {
             "100 B" => {

@@ -303,14 +303,14 @@ fn check_reports_a_damaged_namespace_table() {
     a.set(b"k", b"v").unwrap();
     assert!(cache.check().unwrap().is_healthy());
     // Slot 1's state word, a name length of 200. The table is followed by the per-process
-    // counters (16 KiB) that end the segment: 128 slots of 256 bytes after the generations
+    // counters (32 KiB) that end the segment: 128 slots of 256 bytes after the generations
     // (DESIGN.md §1.6).
     let g = cache.info();
     let file = std::fs::OpenOptions::new()
         .write(true)
         .open(format!("/dev/shm/{}", &*name))
         .unwrap();
-    let slot1 = g.segment_bytes - 16384 - 128 * 256 + 256;
+    let slot1 = g.segment_bytes - 32768 - 128 * 256 + 256;
     file.write_all_at(&(1u64 | 200 << 8).to_le_bytes(), slot1)
         .unwrap();
     let r = cache.check().unwrap();

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use nix::unistd::Pid;
 use shmemcache::fault::{self, FaultAction, FaultPoint};
-use shmemcache::{Cache, Error, Options};
+use shmemcache::{Cache, ComputeOptions, Error, Memo, Options};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,12 @@ fn key(i: u64) -> Vec<u8> {
     format!("torture:{i}").into_bytes()
 }
 
+/// Sends one report line in a single `write` (shorter than `PIPE_BUF`, so lines of
+/// several children never interleave).
+fn report(w: &mut std::fs::File, line: String) {
+    w.write_all(format!("{line}\n").as_bytes()).unwrap();
+}
+
 /// Every child's report line from `r` (a tag, then two numbers), once the children exited.
 fn reports(kids: &[Pid], mut r: std::fs::File) -> Vec<(String, u64, u64)> {
     for &k in kids {
@@ -124,7 +130,7 @@ fn torn_read_torture_returns_no_invalid_value() {
                     c.delete(&key(next() % KEYS)).unwrap();
                 }
             }
-            writeln!(w, "writer {writes} 0").unwrap();
+            report(&mut w, format!("writer {writes} 0"));
             0
         }));
     }
@@ -149,7 +155,7 @@ fn torn_read_torture_returns_no_invalid_value() {
                     invalid += u64::from(!valid(&k, &v));
                 }
             }
-            writeln!(w, "reader {hits} {invalid}").unwrap();
+            report(&mut w, format!("reader {hits} {invalid}"));
             0
         }));
     }
@@ -211,7 +217,7 @@ fn a_writer_killed_mid_write_never_strands_or_fools_readers() {
                 }
                 slowest = slowest.max(t.elapsed());
             }
-            writeln!(w, "reader {} {invalid}", slowest.as_micros()).unwrap();
+            report(&mut w, format!("reader {} {invalid}", slowest.as_micros()));
             0
         }));
     }
@@ -384,4 +390,60 @@ fn namespace_hits_and_misses_of_processes_that_exited() {
     let all = cache.stats().unwrap().total;
     let default = cache.namespace_stats().unwrap();
     assert_eq!(default.hits, all.hits - (1..=8).map(|i| i * 6).sum::<u64>());
+}
+
+#[test]
+fn memoized_hits_of_processes_that_exited_are_all_counted() {
+    let name = Name::new("memo-counters");
+    let cache = Options::new()
+        .capacity_bytes(1 << 20)
+        .create(&name)
+        .unwrap();
+    // Ten memoized functions, more than a process counts in its own slot (eight): the
+    // rest count in the shared words, and the sums must not care.
+    let fns: Vec<String> = (0..10).map(|i| format!("fn{i}")).collect();
+    for f in &fns {
+        let m: Memo<u32> = Memo::new(&cache, f);
+        assert_eq!(m.call(&1u32, || 7).unwrap(), 7);
+    }
+    cache
+        .get_or_compute(b"plain", &ComputeOptions::new(), || {
+            Ok::<_, std::io::Error>(b"v".to_vec())
+        })
+        .unwrap();
+    let before = cache.memo_stats();
+    let kids: Vec<Pid> = (0..3u64)
+        .map(|c| {
+            let (n, fns) = (name.0.clone(), fns.clone());
+            spawn(move || {
+                let cache = Cache::open_existing(&n).unwrap();
+                for (i, f) in fns.iter().enumerate() {
+                    let m: Memo<u32> = Memo::new(&cache, f);
+                    for _ in 0..(i as u64 + 1) * (c + 1) {
+                        assert_eq!(m.call(&1u32, || panic!("a hit was expected")).unwrap(), 7);
+                    }
+                }
+                for _ in 0..5 {
+                    let v = cache
+                        .get_or_compute(b"plain", &ComputeOptions::new(), || {
+                            Err::<Vec<u8>, _>("a hit was expected")
+                        })
+                        .unwrap();
+                    assert_eq!(v, b"v");
+                }
+                0
+            })
+        })
+        .collect();
+    for k in kids {
+        assert_exits_ok(k);
+    }
+    for (i, f) in fns.iter().enumerate() {
+        let m: Memo<u32> = Memo::new(&cache, f);
+        // Children 1, 2 and 3 called it (i + 1) times each, times their number.
+        assert_eq!(m.stats().hits, (i as u64 + 1) * 6, "{f}");
+    }
+    let after = cache.memo_stats();
+    let function_hits: u64 = (1..=10).map(|i| i * 6).sum();
+    assert_eq!(after.hits - before.hits, function_hits + 3 * 5);
 }
