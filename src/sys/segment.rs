@@ -679,9 +679,12 @@ impl Segment {
     #[inline]
     pub fn shard_marks(&self, shard: usize) -> &[AtomicU64] {
         let g = &self.geom;
+        if shard >= g.shard_count as usize {
+            return &[];
+        }
         let words = (g.chunks_per_shard as usize).div_ceil(64);
         let off = g.shard_offset(shard) + g.shard.marks_off;
-        if shard >= g.shard_count as usize || off + 8 * words > self.map.len() {
+        if off + 8 * words > self.map.len() {
             return &[];
         }
         // SAFETY: the `words` words at `off` lie inside the mapping (checked above) and are
@@ -700,9 +703,12 @@ impl Segment {
     #[inline]
     pub fn shard_words(&self, shard: usize) -> &[AtomicU64] {
         let g = &self.geom;
+        if shard >= g.shard_count as usize {
+            return &[];
+        }
         let off = g.shard_offset(shard) + g.shard.region_offset;
         let words = g.shard.region_len / 8;
-        if shard >= g.shard_count as usize || off + 8 * words > self.map.len() {
+        if off + 8 * words > self.map.len() {
             return &[];
         }
         // SAFETY: the region lies inside the mapping (checked above) and is 64-byte aligned;
