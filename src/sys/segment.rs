@@ -663,15 +663,14 @@ impl Segment {
     /// Shard `shard`'s version word (in its lock block; see [`crate::layout::VERSION_OFFSET`]).
     #[inline]
     pub fn shard_version(&self, shard: usize) -> &AtomicU64 {
-        let p = self
-            .lock_ptr(shard)
-            .cast::<u8>()
-            .wrapping_add(crate::layout::VERSION_OFFSET);
-        // SAFETY: `lock_ptr` checked `shard` and points at the shard's 64-byte aligned lock
-        // block inside the mapping; the word at `VERSION_OFFSET` (8-aligned, within the
-        // block, past the mutex: compile-time asserts in `layout`) is only ever accessed
-        // atomically and lives as long as `self`.
-        unsafe { AtomicU64::from_ptr(p.cast::<u64>()) }
+        assert!(
+            shard < self.geom.shard_count as usize,
+            "shard index out of range"
+        );
+        // `Geometry::from_header` proved every shard lies in the mapping, so this is never
+        // empty; the word is past the mutex (compile-time asserts in `layout`).
+        let off = self.geom.shard_offset(shard) + crate::layout::VERSION_OFFSET;
+        &self.atomic_words_at(off, 1)[0]
     }
 
     /// Shard `shard`'s accessed marks: one bit per chunk, after its guarded region. Set by
@@ -683,19 +682,7 @@ impl Segment {
             return &[];
         }
         let words = (g.chunks_per_shard as usize).div_ceil(64);
-        let off = g.shard_offset(shard) + g.shard.marks_off;
-        if off + 8 * words > self.map.len() {
-            return &[];
-        }
-        // SAFETY: the `words` words at `off` lie inside the mapping (checked above) and are
-        // 8-byte aligned (`marks_off` and the stride are 64-aligned); they are only ever
-        // accessed atomically, and `AtomicU64` has the layout of `u64`.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.map.as_mut_ptr().wrapping_add(off).cast::<AtomicU64>(),
-                words,
-            )
-        }
+        self.atomic_words_at(g.shard_offset(shard) + g.shard.marks_off, words)
     }
 
     /// Shard `shard`'s guarded region as 64-bit words, for reads without the lock: every
@@ -706,21 +693,11 @@ impl Segment {
         if shard >= g.shard_count as usize {
             return &[];
         }
+        // Lock holders write these bytes with plain stores; a reader through this slice
+        // only loads atomically and trusts nothing it read until the shard's version word
+        // confirms no holder ran meanwhile (DESIGN.md §4.1).
         let off = g.shard_offset(shard) + g.shard.region_offset;
-        let words = g.shard.region_len / 8;
-        if off + 8 * words > self.map.len() {
-            return &[];
-        }
-        // SAFETY: the region lies inside the mapping (checked above) and is 64-byte aligned;
-        // `AtomicU64` has the layout of `u64`. Lock holders write these bytes with plain
-        // stores; a reader through this slice only loads atomically and trusts nothing it
-        // read until the shard's version word confirms no holder ran meanwhile.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.map.as_mut_ptr().wrapping_add(off).cast::<AtomicU64>(),
-                words,
-            )
-        }
+        self.atomic_words_at(off, g.shard.region_len / 8)
     }
 }
 
@@ -779,6 +756,25 @@ impl Segment {
 }
 
 impl Segment {
+    /// The `count` `u64` words at byte `off` of the mapping, as atomics: empty unless they
+    /// lie inside the mapping and `off` is 8-aligned. Every section of shared words that
+    /// is only ever accessed atomically (version words, marks, counters, namespace table,
+    /// memo statistics) and the lock-free readers' view of a shard go through here.
+    #[inline]
+    fn atomic_words_at(&self, off: usize, count: usize) -> &[AtomicU64] {
+        let end = count.checked_mul(8).and_then(|n| off.checked_add(n));
+        if off % 8 != 0 || !matches!(end, Some(e) if e <= self.map.len()) {
+            return &[];
+        }
+        // SAFETY: the `count` words at `off` lie inside the mapping, which is page aligned
+        // and lives as long as `self`, and `off` is 8-aligned (both checked above);
+        // `AtomicU64` has the size and alignment of `u64`, and through the returned slice
+        // the words are only ever accessed atomically.
+        unsafe {
+            std::slice::from_raw_parts(self.map.as_mut_ptr().add(off).cast::<AtomicU64>(), count)
+        }
+    }
+
     /// Word `word` of memo statistics slot `slot`, or `None` if either is out of range.
     pub fn memo_stat_word(&self, slot: usize, word: usize) -> Option<&AtomicU64> {
         use crate::layout::{MEMO_STAT_SLOTS, MEMO_STAT_WORDS};
@@ -786,30 +782,14 @@ impl Segment {
             return None;
         }
         let off = self.geom.memo_stats_offset + 8 * (slot * MEMO_STAT_WORDS + word);
-        if off + 8 > self.map.len() {
-            return None;
-        }
-        let p = self.map.as_mut_ptr().wrapping_add(off);
-        // SAFETY: `off + 8` is inside the mapping (checked above) and 8-byte aligned (the
-        // table starts on a 128-byte boundary); these words are only ever accessed
-        // atomically, by every process, never through slices.
-        Some(unsafe { AtomicU64::from_ptr(p.cast::<u64>()) })
+        self.atomic_words_at(off, 1).first()
     }
 }
 
 impl Segment {
     /// The namespace generations: word `i` is namespace slot `i`'s current generation.
     pub fn ns_gens(&self) -> &[AtomicU64] {
-        use crate::layout::NS_SLOTS;
-        let off = self.geom.ns_offset;
-        if off + 8 * NS_SLOTS > self.map.len() {
-            return &[];
-        }
-        let p = self.map.as_mut_ptr().wrapping_add(off);
-        // SAFETY: `Geometry` places `NS_SLOTS` u64 words at `ns_offset` (128-aligned) inside
-        // `total_size`, which the mapping covers (checked above); these words are only ever
-        // accessed atomically, by every process, and `AtomicU64` has the layout of `u64`.
-        unsafe { std::slice::from_raw_parts(p.cast::<AtomicU64>(), NS_SLOTS) }
+        self.atomic_words_at(self.geom.ns_offset, crate::layout::NS_SLOTS)
     }
 
     /// Words `first..first + count` of namespace slot `slot` (empty if out of range).
@@ -819,14 +799,7 @@ impl Segment {
             return &[];
         }
         let off = self.geom.ns_offset + 8 * NS_SLOTS + 8 * (slot * NS_WORDS + first);
-        if off + 8 * count > self.map.len() {
-            return &[];
-        }
-        let p = self.map.as_mut_ptr().wrapping_add(off);
-        // SAFETY: the `count` words at `off` lie inside the mapping (checked above) and are
-        // 8-byte aligned; they are only ever accessed atomically, and `AtomicU64` has the
-        // layout of `u64`.
-        unsafe { std::slice::from_raw_parts(p.cast::<AtomicU64>(), count) }
+        self.atomic_words_at(off, count)
     }
 
     /// This mapping's claim on a per-process counter slot (see `crate::counters`).
@@ -838,20 +811,7 @@ impl Segment {
     /// (empty if the mapping is too short).
     pub fn proc_words(&self) -> &[AtomicU64] {
         use crate::layout::{PROC_SLOTS, PROC_WORDS};
-        let off = self.geom.counters_offset;
-        let n = PROC_SLOTS * PROC_WORDS;
-        if off + 8 * n > self.map.len() {
-            return &[];
-        }
-        // SAFETY: the `n` words at `off` (128-aligned) lie inside the mapping (checked
-        // above); they are only ever accessed atomically, and `AtomicU64` has the layout
-        // of `u64`.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.map.as_mut_ptr().wrapping_add(off).cast::<AtomicU64>(),
-                n,
-            )
-        }
+        self.atomic_words_at(self.geom.counters_offset, PROC_SLOTS * PROC_WORDS)
     }
 
     /// Word `word` of namespace slot `slot`, or `None` if either is out of range.
