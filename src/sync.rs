@@ -527,6 +527,28 @@ impl Cache {
         }
     }
 
+    /// The guard form of [`once`](Cache::once), for callers that cannot hand over a
+    /// closure (a `with` block in another language): the name's `once` hold if no other
+    /// process is running under it now, else `None`. Release the guard when the body ends.
+    ///
+    /// ```no_run
+    /// # let cache = shmemcache::Cache::open("try-once-doc")?;
+    /// if let Some(guard) = cache.try_once("rebuild-index", None)? {
+    ///     // ... rebuild ...
+    ///     guard.release()?;
+    /// }
+    /// # Ok::<(), shmemcache::Error>(())
+    /// ```
+    pub fn try_once(&self, name: &str, expires: Option<Duration>) -> Result<Option<LockGuard<'_>>> {
+        let req = Request {
+            key: self.coord_key("once", name.as_bytes()),
+            ..self.lock_request(name, expires)?
+        };
+        Ok(self.acquire(&req, None)?.ok().map(|(slot, owner)| {
+            LockGuard::new(self, "once", name, req.kind, req.key, slot, owner)
+        }))
+    }
+
     // ----- pools ------------------------------------------------------------------------
 
     /// A named pool admitting at most `max_size` holders across all processes.
