@@ -18,11 +18,31 @@ RAISE = object()
 _FOREVER = 10.0 * 365 * 24 * 3600
 
 
-class _Holds(threading.local):
-    """The holds a ``with`` block took, per thread, innermost last."""
+class _Holds:
+    """The holds taken through one object, newest last. A release gives back the newest
+    hold of the calling thread, or, when that thread has none (a lock handed to another
+    thread, as ``threading.Lock`` allows), the newest of all."""
 
     def __init__(self):
-        self.stack = []
+        self._mu = threading.Lock()
+        self._held = []  # (thread id, guard)
+
+    def push(self, guard):
+        with self._mu:
+            self._held.append((threading.get_ident(), guard))
+
+    def pop(self):
+        me = threading.get_ident()
+        with self._mu:
+            if not self._held:
+                raise RuntimeError("release of a lock, once or pool slot that is not held")
+            for i in range(len(self._held) - 1, -1, -1):
+                if self._held[i][0] == me:
+                    return self._held.pop(i)[1]
+            return self._held.pop()[1]
+
+    def __bool__(self):
+        return bool(self._held)
 
 
 async def _in_thread(fn, *args):
@@ -47,7 +67,7 @@ async def _in_thread(fn, *args):
 
 class _Coord:
     """What locks, once and pools share: a name (maybe a template), the cache, and the
-    per-thread stack of holds taken by ``with`` blocks."""
+    holds taken through it."""
 
     def __init__(self, cache, name, expires):
         self._cache = cache
@@ -60,13 +80,13 @@ class _Coord:
         return self._template.render(args, kwargs)
 
     def _push(self, guard):
-        self._holds.stack.append(guard)
+        self._holds.push(guard)
 
     def __exit__(self, *exc):
-        self._holds.stack.pop().release()
+        self._holds.pop().release()
 
     async def __aexit__(self, *exc):
-        self._holds.stack.pop().release()
+        self._holds.pop().release()
 
     def _decorate(self, func, body):
         template = Template(self.name, func)
@@ -92,6 +112,8 @@ class Lock(_Coord):
     ``wait`` is how long ``with`` and ``acquire()`` wait for a holder to release
     (seconds; None = without bound, 0 = not at all); waiting sleeps without the GIL and
     is woken by the release, not by polling. ``Busy`` is raised when the wait runs out.
+    A ``with`` block that outlives its hold raises ``NotOwner`` at its end: another
+    process may have held the lock meanwhile.
 
     As a decorator, the name may be a template filled from the call's arguments:
     ``@cache.lock("order-{order_id}")``.
@@ -129,7 +151,7 @@ class Lock(_Coord):
 
     def release(self):
         """Releases the hold this thread took last. ``NotOwner`` if it lapsed."""
-        self._holds.stack.pop().release()
+        self._holds.pop().release()
 
     def locked(self):
         """Whether a live process holds the lock now."""
@@ -255,7 +277,7 @@ class Pool(_Coord):
 
     def release(self):
         """Releases the slot this thread took last."""
-        self._holds.stack.pop().release()
+        self._holds.pop().release()
 
     def held(self):
         """Slots held by live processes now."""

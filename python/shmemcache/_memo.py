@@ -24,6 +24,17 @@ class _ArgKey:
 
     __slots__ = ("_sig", "_n", "_first_default", "_tail", "_simple")
 
+    def __call__(self, args, kwargs):
+        try:
+            return self._key(args, kwargs)
+        except TypeError:
+            raise  # the arguments do not fit the signature
+        except Exception as e:
+            raise CodecError(
+                f"cannot build the cache key: the arguments must be picklable ({e}); "
+                "pass key= to memoize to build keys yourself"
+            ) from e
+
     def __init__(self, func):
         self._sig = inspect.signature(func)
         params = list(self._sig.parameters.values())
@@ -35,7 +46,7 @@ class _ArgKey:
         self._first_default = first
         self._tail = tuple(p.default for p in params[first:])
 
-    def __call__(self, args, kwargs):
+    def _key(self, args, kwargs):
         if not kwargs and self._simple:
             n = len(args)
             if n == self._n:

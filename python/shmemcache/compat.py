@@ -542,7 +542,7 @@ class _CachifyLock:
     def release(self):
         """Releases the hold this thread took in a ``with`` block; holds of other
         processes are never released here (py-cachify released them: a bug)."""
-        if self._lock._holds.stack:
+        if self._lock._holds:
             self._lock.release()
 
     async def arelease(self):
