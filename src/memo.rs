@@ -1045,6 +1045,23 @@ impl<R: MemoValue, C: Codec> Memo<'_, R, C> {
         Ok(v)
     }
 
+    /// The stored result for `args` if there is a fresh one (counted as a hit), else
+    /// `None` (nothing counted): a hit path for bindings that build the computation only
+    /// on a miss, then call [`try_call`](Memo::try_call). A stale result is `None` too.
+    pub fn lookup<A: Serialize + ?Sized>(&self, args: &A) -> Result<Option<R>> {
+        if self.opts.skip_cache || self.opts.overwrite {
+            return Ok(None);
+        }
+        let key = self.key(args)?;
+        if let Found::Fresh(p) = self.cache.memo_read(&key, &self.opts)? {
+            if let Ok(v) = self.codec.decode(&p) {
+                self.cache.tally(self.scope(), memo_stat::HITS);
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+
     /// Stores `value` as the result for `args`, as if just computed.
     pub fn precache<A: Serialize + ?Sized>(&self, args: &A, value: &R) -> Result<()> {
         let key = self.key(args)?;

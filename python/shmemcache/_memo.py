@@ -14,6 +14,14 @@ __all__ = ["memoize", "Memoized"]
 
 _EMPTY = MAGIC + b"B"  # an empty bytes result (an empty encoding means "do not store")
 _P = inspect.Parameter
+_native_argkey = _native.argkey
+
+
+def _enc(args):
+    """The key bytes of bound arguments: the native encoding (None, bool, int, float,
+    str, bytes, tuples), else a pickle behind a prefix the native one never starts with."""
+    k = _native_argkey(args)
+    return k if k is not None else b"P" + pickle.dumps(args, 5)
 
 
 class _ArgKey:
@@ -46,18 +54,25 @@ class _ArgKey:
         self._first_default = first
         self._tail = tuple(p.default for p in params[first:])
 
+    def full(self, args):
+        """``args`` with defaults filled in, if that is the whole binding; else None."""
+        n = len(args)
+        if n == self._n:
+            return args
+        if self._first_default <= n < self._n:
+            return args + self._tail[n - self._first_default :]
+        return None
+
     def _key(self, args, kwargs):
         if not kwargs and self._simple:
-            n = len(args)
-            if n == self._n:
-                return pickle.dumps(args, 5)
-            if self._first_default <= n < self._n:
-                return pickle.dumps(args + self._tail[n - self._first_default :], 5)
+            full = self.full(args)
+            if full is not None:
+                return _enc(full)
         bound = self._sig.bind(*args, **kwargs)  # a TypeError, as the call itself would give
         bound.apply_defaults()
         if bound.kwargs:
-            return pickle.dumps((bound.args, sorted(bound.kwargs.items())), 5)
-        return pickle.dumps(bound.args, 5)
+            return _enc((bound.args, tuple(sorted(bound.kwargs.items()))))
+        return _enc(bound.args)
 
 
 def _custom_key(fn):
@@ -106,6 +121,8 @@ class Memoized:
         self._cache = cache
         self._is_async = inspect.iscoroutinefunction(func)
         self._argkey = _custom_key(key) if key is not None else _ArgKey(func)
+        # The hit path for all-positional calls: no binding, no pickling, one native call.
+        self._fast = self._argkey.full if (key is None and self._argkey._simple) else None
         self._cache_none = cache_none
         self._encode = cache._codec.encode
         self._decode = cache._codec.decode
@@ -154,22 +171,46 @@ class Memoized:
     def __call__(self, *args, **kwargs):
         if self._is_async:
             return self.acall(*args, **kwargs)
-        if kwargs:
-            skip, overwrite, max_age = self._switches(kwargs)
-            return self._call(args, kwargs, skip, overwrite, max_age)
-        argkey = self._argkey(args, kwargs)
-        func = self._func
+        if not kwargs and self._fast is not None:
+            full = self._fast(args)
+            if full is not None:
+                raw = self._memo.lookup(full)
+                if raw is not None:
+                    return raw if raw[:4] != MAGIC else self._decode(raw)
+        skip, overwrite, max_age = self._switches(kwargs) if kwargs else (False, False, None)
+        return self._call(args, kwargs, skip, overwrite, max_age)
 
-        def compute():
-            v = func(*args)
-            return v, self._encoded(v)
+    def wrapper(self):
+        """A plain function calling this memoized function, with its companions as
+        attributes (what ``memoize`` returns: a function call is cheaper than an object's
+        ``__call__``)."""
+        if self._is_async:
 
-        raw, value = self._memo.call(argkey, compute)
-        if raw is None:
-            return value
-        if raw[:4] != MAGIC:
-            return raw
-        return self._decode(raw)
+            @functools.wraps(self._func)
+            async def afunc(*args, **kwargs):
+                return await self.acall(*args, **kwargs)
+
+            f = afunc
+        else:
+            # -1 turns the inline hit path off (custom keys, keyword-only or * parameters).
+            n = self._argkey._n if self._fast is not None else -1
+            lookup = self._memo.lookup
+            decode = self._decode
+            slow = self.__call__
+
+            @functools.wraps(self._func)
+            def f(*args, **kwargs):
+                if not kwargs and len(args) == n:
+                    raw = lookup(args)
+                    if raw is not None:
+                        return raw if raw[:4] != MAGIC else decode(raw)
+                return slow(*args, **kwargs)
+
+        for name in ("acall", "reset", "precache", "clear", "clear_in_flight", "stats"):
+            setattr(f, name, getattr(self, name))
+        f.memo = self
+        f.name = self.name
+        return f
 
     async def acall(self, *args, **kwargs):
         """The memoized call, awaited: waiting for another process's computation happens
@@ -188,7 +229,7 @@ class Memoized:
             None, functools.partial(self._call, args, kwargs, *switches, run=run)
         )
 
-    def __get__(self, obj, objtype=None):
+    def __get__(self, obj, objtype=None):  # used when a Memoized is a class attribute
         # Decorating a method: bind like a function (``self`` is part of the key).
         if obj is None:
             return self
@@ -252,5 +293,5 @@ def memoize(cache, func=None, **options):
     >>> shmemcache.Cache.unlink("doctest-memo")
     """
     if func is None:
-        return lambda f: Memoized(cache, f, **options)
-    return Memoized(cache, func, **options)
+        return lambda f: Memoized(cache, f, **options).wrapper()
+    return Memoized(cache, func, **options).wrapper()

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyString, PyType};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyString, PyTuple, PyType};
 use serde_bytes::{ByteBuf, Bytes};
 use shmemcache::{
     Cache, ComputeError, ComputeOptions, Error, Expiry, LockGuard, Memo, OnError, Options, Recency,
@@ -764,6 +764,22 @@ impl MemoFn {
         }
     }
 
+    /// The fresh stored result for the call `args` (a tuple of positional arguments), or
+    /// None: a miss, a stale result, or arguments the key encoder does not take (the
+    /// caller then goes the full way, through `argkey` and `call`).
+    fn lookup<'py>(
+        &self,
+        py: Python<'py>,
+        args: &Bound<'py, PyTuple>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let mut key = Vec::with_capacity(64);
+        if !encode_args(args.as_any(), &mut key)? {
+            return Ok(None);
+        }
+        let found = self.handle.with(|m| m.lookup(Bytes::new(&key))).py_err()?;
+        Ok(found.map(|b| PyBytes::new(py, &b)))
+    }
+
     /// Forgets the result for `argkey`; True if there was one.
     fn reset(&self, py: Python<'_>, argkey: &[u8]) -> PyResult<bool> {
         py.detach(|| self.handle.with(|m| m.reset(Bytes::new(argkey))))
@@ -807,11 +823,65 @@ impl MemoFn {
     }
 }
 
+/// Appends the key encoding of `v` (None, bool, int, float, str, bytes and tuples of
+/// them); false if `v` holds anything else. Every value has one encoding, and two
+/// values share one only if Python compares them equal and they have the same type.
+fn encode_args(v: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> PyResult<bool> {
+    fn len(out: &mut Vec<u8>, n: usize) {
+        out.extend_from_slice(&(n as u64).to_le_bytes());
+    }
+    if v.is_none() {
+        out.push(b'N');
+    } else if let Ok(b) = v.cast_exact::<PyBool>() {
+        out.push(if b.is_true() { b'T' } else { b'F' });
+    } else if v.is_exact_instance_of::<PyInt>() {
+        match v.extract::<i64>() {
+            Ok(i) => {
+                out.push(b'i');
+                out.extend_from_slice(&i.to_le_bytes());
+            }
+            Err(_) => return Ok(false),
+        }
+    } else if let Ok(f) = v.cast_exact::<PyFloat>() {
+        out.push(b'f');
+        out.extend_from_slice(&f.value().to_bits().to_le_bytes());
+    } else if let Ok(s) = v.cast_exact::<PyString>() {
+        let s = s.to_cow()?;
+        out.push(b's');
+        len(out, s.len());
+        out.extend_from_slice(s.as_bytes());
+    } else if let Ok(b) = v.cast_exact::<PyBytes>() {
+        out.push(b'b');
+        len(out, b.as_bytes().len());
+        out.extend_from_slice(b.as_bytes());
+    } else if let Ok(t) = v.cast_exact::<PyTuple>() {
+        out.push(b't');
+        len(out, t.len());
+        for item in t.iter() {
+            if !encode_args(&item, out)? {
+                return Ok(false);
+            }
+        }
+    } else {
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// The key of a call's bound arguments: the native encoding when every argument has
+/// one, else `None` (the Python layer then pickles them behind a distinct prefix).
+#[pyfunction]
+fn argkey<'py>(py: Python<'py>, args: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    let mut key = Vec::with_capacity(64);
+    Ok(encode_args(args, &mut key)?.then(|| PyBytes::new(py, &key)))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeCache>()?;
     m.add_class::<Guard>()?;
     m.add_class::<MemoFn>()?;
+    m.add_function(wrap_pyfunction!(argkey, m)?)?;
     m.add("STACK_VALUE", STACK_VALUE)?;
     Ok(())
 }
