@@ -1048,6 +1048,18 @@ impl<R: MemoValue, C: Codec> Memo<'_, R, C> {
     /// The stored result for `args` if there is a fresh one (counted as a hit), else
     /// `None` (nothing counted): a hit path for bindings that build the computation only
     /// on a miss, then call [`try_call`](Memo::try_call). A stale result is `None` too.
+    ///
+    /// ```
+    /// use shmemcache::{Cache, Memo};
+    /// let cache = Cache::open("memo-lookup-doc")?;
+    /// let double: Memo<u64> = Memo::new(&cache, "doc::double");
+    /// assert_eq!(double.lookup(&(4,))?, None);
+    /// double.call(&(4,), || 8)?;
+    /// assert_eq!(double.lookup(&(4,))?, Some(8));
+    /// assert_eq!(double.stats().hits, 1);
+    /// # Cache::unlink("memo-lookup-doc")?;
+    /// # Ok::<(), shmemcache::Error>(())
+    /// ```
     pub fn lookup<A: Serialize + ?Sized>(&self, args: &A) -> Result<Option<R>> {
         if self.opts.skip_cache || self.opts.overwrite {
             return Ok(None);
