@@ -4,7 +4,7 @@ import os
 
 from . import _native
 from ._util import seconds
-from .codecs import MAGIC, Codec
+from .codecs import Codec
 
 
 _MISSING = object()
@@ -122,6 +122,16 @@ class Cache:
         """The codec spec this handle encodes objects with."""
         return self._codec.spec
 
+    @classmethod
+    def open_existing(cls, name, **options):
+        """Joins the segment ``name``; ``NotFound`` if it does not exist."""
+        return cls(name, create=False, **options)
+
+    @classmethod
+    def create_new(cls, name, **options):
+        """Creates the segment ``name``; ``AlreadyExists`` if it exists."""
+        return cls(name, create=True, **options)
+
     @staticmethod
     def unlink(name):
         """Removes the segment's name; processes that have it open keep using it."""
@@ -156,29 +166,22 @@ class Cache:
 
     def get(self, key, default=None):
         """The value of ``key``, or ``default`` if it is missing or expired."""
-        raw = self._n.get(key)
-        if raw is None:
-            return default
-        if raw[:4] != MAGIC:
-            return raw
-        return self._dec(raw)
+        return self._n.get_value(key, default, self._dec)
 
     def __getitem__(self, key):
-        raw = self._n.get(key)
-        if raw is None:
+        v = self._n.get_value(key, _MISSING, self._dec)
+        if v is _MISSING:
             raise KeyError(key)
-        if raw[:4] != MAGIC:
-            return raw
-        return self._dec(raw)
+        return v
 
     def get_many(self, keys):
         """A dict of the values of ``keys`` that are present."""
         out = {}
-        get = self._n.get
+        get = self._n.get_value
         for k in keys:
-            raw = get(k)
-            if raw is not None:
-                out[k] = self._dec(raw)
+            v = get(k, _MISSING, self._dec)
+            if v is not _MISSING:
+                out[k] = v
         return out
 
     def __contains__(self, key):
@@ -211,9 +214,9 @@ class Cache:
     def items(self, prefix=None):
         """(key, value) pairs of the live keys starting with ``prefix``."""
         for k in self.keys(prefix):
-            raw = self._n.get(k)
-            if raw is not None:
-                yield k, self._dec(raw)
+            v = self._n.get_value(k, _MISSING, self._dec)
+            if v is not _MISSING:
+                yield k, v
 
     # ----- writes ---------------------------------------------------------------
 
@@ -238,9 +241,9 @@ class Cache:
     def setdefault(self, key, default=None):
         """The value of ``key``, storing ``default`` first if it is absent."""
         while True:
-            raw = self._n.get(key)
-            if raw is not None:
-                return self._dec(raw)
+            v = self._n.get_value(key, _MISSING, self._dec)
+            if v is not _MISSING:
+                return v
             if self._n.add(key, self._enc(default), None):
                 return default
 

@@ -15,6 +15,7 @@ __all__ = ["memoize", "Memoized"]
 _EMPTY = MAGIC + b"B"  # an empty bytes result (an empty encoding means "do not store")
 _P = inspect.Parameter
 _native_argkey = _native.argkey
+_MISS = object()
 
 
 def _enc(args):
@@ -174,9 +175,9 @@ class Memoized:
         if not kwargs and self._fast is not None:
             full = self._fast(args)
             if full is not None:
-                raw = self._memo.lookup(full)
-                if raw is not None:
-                    return raw if raw[:4] != MAGIC else self._decode(raw)
+                v = self._memo.lookup(full, self._decode, _MISS)
+                if v is not _MISS:
+                    return v
         skip, overwrite, max_age = self._switches(kwargs) if kwargs else (False, False, None)
         return self._call(args, kwargs, skip, overwrite, max_age)
 
@@ -201,9 +202,9 @@ class Memoized:
             @functools.wraps(self._func)
             def f(*args, **kwargs):
                 if not kwargs and len(args) == n:
-                    raw = lookup(args)
-                    if raw is not None:
-                        return raw if raw[:4] != MAGIC else decode(raw)
+                    v = lookup(args, decode, _MISS)
+                    if v is not _MISS:
+                        return v
                 return slow(*args, **kwargs)
 
         for name in ("acall", "reset", "precache", "clear", "clear_in_flight", "stats"):

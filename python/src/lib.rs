@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyString, PyTuple, PyType};
 use serde_bytes::{ByteBuf, Bytes};
 use shmemcache::{
@@ -23,6 +24,37 @@ use shmemcache::{
 
 /// Values up to this size are read into a stack buffer first (no heap allocation).
 const STACK_VALUE: usize = 1024;
+
+/// The first four bytes of every tagged (non-`bytes`) value; see `shmemcache/codecs.py`.
+const MAGIC: &[u8; 4] = b"\x00\xc5sc";
+
+static PICKLE_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// A stored value as a Python object: untagged bytes as `bytes`, a `str` or a pickle
+/// decoded here, anything else (JSON, a custom codec, errors) by the handle's Python
+/// codec `decode`, which raises `CodecError` with the reason.
+fn decode_value(py: Python<'_>, raw: &[u8], decode: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    if raw.len() < 5 || raw[..4] != MAGIC[..] {
+        return Ok(PyBytes::new(py, raw).into_any().unbind());
+    }
+    let body = &raw[5..];
+    match raw[4] {
+        b'B' => return Ok(PyBytes::new(py, body).into_any().unbind()),
+        b'S' => {
+            if let Ok(s) = std::str::from_utf8(body) {
+                return Ok(PyString::new(py, s).into_any().unbind());
+            }
+        }
+        b'P' => {
+            let loads = PICKLE_LOADS.import(py, "pickle", "loads")?;
+            if let Ok(v) = loads.call1((PyBytes::new(py, body),)) {
+                return Ok(v.unbind());
+            }
+        }
+        _ => {}
+    }
+    Ok(decode.call1((PyBytes::new(py, raw),))?.unbind())
+}
 
 // ----- errors --------------------------------------------------------------------------
 
@@ -275,6 +307,28 @@ impl NativeCache {
             Err(Error::BufferTooSmall { .. }) => {
                 Ok(c.get(&k).py_err()?.map(|v| PyBytes::new(py, &v)))
             }
+            Err(e) => Err(to_py(e)),
+        }
+    }
+
+    /// The value of `key` decoded (see `decode_value`), or `default`.
+    fn get_value(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        default: Py<PyAny>,
+        decode: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        let c = self.c()?;
+        let k = key_bytes(key)?;
+        let mut buf = [0u8; STACK_VALUE];
+        match c.get_into(&k, &mut buf) {
+            Ok(Some(n)) => decode_value(py, &buf[..n], decode),
+            Ok(None) => Ok(default),
+            Err(Error::BufferTooSmall { .. }) => match c.get(&k).py_err()? {
+                Some(v) => decode_value(py, &v, decode),
+                None => Ok(default),
+            },
             Err(e) => Err(to_py(e)),
         }
     }
@@ -764,20 +818,24 @@ impl MemoFn {
         }
     }
 
-    /// The fresh stored result for the call `args` (a tuple of positional arguments), or
-    /// None: a miss, a stale result, or arguments the key encoder does not take (the
+    /// The decoded fresh result for the call `args` (a tuple of positional arguments), or
+    /// `miss`: a miss, a stale result, or arguments the key encoder does not take (the
     /// caller then goes the full way, through `argkey` and `call`).
-    fn lookup<'py>(
+    fn lookup(
         &self,
-        py: Python<'py>,
-        args: &Bound<'py, PyTuple>,
-    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        decode: &Bound<'_, PyAny>,
+        miss: Py<PyAny>,
+    ) -> PyResult<Py<PyAny>> {
         let mut key = Vec::with_capacity(64);
         if !encode_args(args.as_any(), &mut key)? {
-            return Ok(None);
+            return Ok(miss);
         }
-        let found = self.handle.with(|m| m.lookup(Bytes::new(&key))).py_err()?;
-        Ok(found.map(|b| PyBytes::new(py, &b)))
+        match self.handle.with(|m| m.lookup(Bytes::new(&key))).py_err()? {
+            Some(b) => decode_value(py, &b, decode),
+            None => Ok(miss),
+        }
     }
 
     /// Forgets the result for `argkey`; True if there was one.

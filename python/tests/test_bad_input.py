@@ -56,6 +56,8 @@ def test_missing_segment():
     with pytest.raises(shmemcache.NotFound, match="does not exist") as e:
         shmemcache.Cache("pytest-no-such-segment", create=False)
     assert isinstance(e.value, FileNotFoundError)
+    with pytest.raises(shmemcache.NotFound):
+        shmemcache.Cache.open_existing("pytest-no-such-segment")
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "../etc", "x" * 300, "sp ace"])
@@ -93,6 +95,8 @@ def test_exclusive_create(name):
     shmemcache.Cache(name)
     with pytest.raises(shmemcache.AlreadyExists):
         shmemcache.Cache(name, create=True)
+    with pytest.raises(shmemcache.AlreadyExists):
+        shmemcache.Cache.create_new(name)
 
 
 def test_undecodable_stored_value(cache):
