@@ -999,16 +999,28 @@ impl Cache {
     /// Copies the value of `key` into `buf` without allocating; returns its length.
     /// A value longer than `buf` gives `Error::BufferTooSmall` (with the length needed).
     pub fn get_into(&self, key: &[u8], buf: &mut [u8]) -> Result<Option<usize>> {
+        self.get_into_as(key, buf, true)
+    }
+
+    /// [`get_into`](Self::get_into), counted in the hit/miss statistics only if `counted`.
+    pub(crate) fn get_into_as(
+        &self,
+        key: &[u8],
+        buf: &mut [u8],
+        counted: bool,
+    ) -> Result<Option<usize>> {
         let k = self.route(key)?;
         let res = match self.get_into_unlocked(&k, buf) {
             Some(res) => {
-                self.count_unlocked(res.is_some());
+                if counted {
+                    self.count_unlocked(res.is_some());
+                }
                 res
             }
             None => {
                 let res = self.with_shard(k.shard, |v| {
                     let mut now = Now::lazy(monotonic_ns);
-                    match v.lookup(k.key(), &mut now)? {
+                    match v.lookup_as(k.key(), &mut now, counted)? {
                         Some(r) => {
                             let len = v.value_len(r)?;
                             if len <= buf.len() {
@@ -1019,7 +1031,9 @@ impl Cache {
                         None => Ok(None),
                     }
                 })?;
-                self.ns_hit(res.is_some());
+                if counted {
+                    self.ns_hit(res.is_some());
+                }
                 res
             }
         };

@@ -236,6 +236,30 @@ fn encode_trailer(now_ns: u64) -> [u8; TRAILER] {
 }
 
 /// When a stored memo value was computed (ns), or `None` if it is not a memo value.
+/// What a stored memo value is under `opts`: its payload's length with whether it is
+/// stale, or `None` if it is malformed or past `max_age` (treated as missing).
+fn classify(v: &[u8], opts: &ComputeOptions) -> Option<(usize, bool)> {
+    let at = computed_at(v)?;
+    let len = v.len() - TRAILER;
+    // The clock is read only when an age limit asks for it.
+    if opts.max_age.is_none() && opts.stale_after.is_none() {
+        return Some((len, false));
+    }
+    let age = Duration::from_nanos(monotonic_ns().saturating_sub(at));
+    if opts.max_age.is_some_and(|m| age > m) {
+        return None;
+    }
+    Some((len, opts.stale_after.is_some_and(|s| age >= s)))
+}
+
+/// The payload of a stored memo value if it is fresh under `opts`.
+fn fresh_payload<'v>(v: &'v [u8], opts: &ComputeOptions) -> Option<&'v [u8]> {
+    match classify(v, opts)? {
+        (len, false) => Some(&v[..len]),
+        (_, true) => None,
+    }
+}
+
 fn computed_at(v: &[u8]) -> Option<u64> {
     let at = v.len().checked_sub(TRAILER)?;
     let t = u64::from_le_bytes(v.get(at..)?.try_into().ok()?);
@@ -293,22 +317,15 @@ impl Cache {
         let Some(mut v) = self.get_as(key, false)? else {
             return Ok(Found::Missing);
         };
-        let Some(at) = computed_at(&v) else {
+        let Some((len, stale)) = classify(&v, opts) else {
             return Ok(Found::Missing);
         };
-        v.truncate(v.len() - TRAILER);
-        // The clock is read only when an age limit asks for it.
-        if opts.max_age.is_none() && opts.stale_after.is_none() {
-            return Ok(Found::Fresh(v));
-        }
-        let age = Duration::from_nanos(monotonic_ns().saturating_sub(at));
-        if opts.max_age.is_some_and(|m| age > m) {
-            return Ok(Found::Missing);
-        }
-        if opts.stale_after.is_some_and(|s| age >= s) {
-            return Ok(Found::Stale(v));
-        }
-        Ok(Found::Fresh(v))
+        v.truncate(len);
+        Ok(if stale {
+            Found::Stale(v)
+        } else {
+            Found::Fresh(v)
+        })
     }
 
     /// Adds one to counter `word` of the segment's memo statistics, in the total (slot 0)
@@ -853,8 +870,10 @@ impl<'c, R, C: Codec> Memo<'c, R, C> {
 
     /// The cache key of `args`.
     pub fn key<A: Serialize + ?Sized>(&self, args: &A) -> Result<Vec<u8>> {
-        let mut k = self.namespace.clone();
-        k.extend_from_slice(&self.codec.encode(args)?);
+        // One allocation for the common key: the name, then the arguments in place.
+        let mut k = Vec::with_capacity(self.namespace.len() + 64);
+        k.extend_from_slice(&self.namespace);
+        self.codec.encode_into(args, &mut k)?;
         Ok(k)
     }
 
@@ -1065,13 +1084,23 @@ impl<R: MemoValue, C: Codec> Memo<'_, R, C> {
             return Ok(None);
         }
         let key = self.key(args)?;
-        if let Found::Fresh(p) = self.cache.memo_read(&key, &self.opts)? {
-            if let Ok(v) = self.codec.decode(&p) {
-                self.cache.tally(self.scope(), memo_stat::HITS);
-                return Ok(Some(v));
+        // Results up to a few hundred bytes are read without a heap copy.
+        let mut buf = [0u8; 512];
+        let found = match self.cache.get_into_as(&key, &mut buf, false) {
+            Ok(Some(n)) => {
+                fresh_payload(&buf[..n], &self.opts).and_then(|p| self.codec.decode(p).ok())
             }
+            Ok(None) => None,
+            Err(Error::BufferTooSmall { .. }) => match self.cache.memo_read(&key, &self.opts)? {
+                Found::Fresh(p) => self.codec.decode(&p).ok(),
+                _ => None,
+            },
+            Err(e) => return Err(e),
+        };
+        if found.is_some() {
+            self.cache.tally(self.scope(), memo_stat::HITS);
         }
-        Ok(None)
+        Ok(found)
     }
 
     /// Stores `value` as the result for `args`, as if just computed.

@@ -15,6 +15,12 @@ pub trait Codec {
     fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>>;
     /// Decodes a `T`.
     fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T>;
+    /// Appends the encoding of `value` to `out` (a codec that can write in place saves
+    /// the allocation of [`encode`](Codec::encode)).
+    fn encode_into<T: Serialize + ?Sized>(&self, value: &T, out: &mut Vec<u8>) -> Result<()> {
+        out.extend_from_slice(&self.encode(value)?);
+        Ok(())
+    }
 }
 
 /// The default codec: `postcard` (compact, stable, no_std-friendly wire format).
@@ -27,6 +33,11 @@ impl Codec for Postcard {
     }
     fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T> {
         postcard::from_bytes(bytes).map_err(|e| Error::Codec(e.to_string()))
+    }
+    fn encode_into<T: Serialize + ?Sized>(&self, value: &T, out: &mut Vec<u8>) -> Result<()> {
+        let v = std::mem::take(out);
+        *out = postcard::to_extend(value, v).map_err(|e| Error::Codec(e.to_string()))?;
+        Ok(())
     }
 }
 

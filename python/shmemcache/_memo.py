@@ -178,13 +178,16 @@ class Memoized:
                 v = self._memo.lookup(full, self._decode, _MISS)
                 if v is not _MISS:
                     return v
+        return self._full(*args, **kwargs)
+
+    def _full(self, *args, **kwargs):
+        """The call past the hit path: binding, single flight, computing."""
         skip, overwrite, max_age = self._switches(kwargs) if kwargs else (False, False, None)
         return self._call(args, kwargs, skip, overwrite, max_age)
 
     def wrapper(self):
-        """A plain function calling this memoized function, with its companions as
-        attributes (what ``memoize`` returns: a function call is cheaper than an object's
-        ``__call__``)."""
+        """The callable ``memoize`` returns: this function's hit path in native code, with
+        the companions (``reset``, ``stats``, ...) as attributes."""
         if self._is_async:
 
             @functools.wraps(self._func)
@@ -193,19 +196,11 @@ class Memoized:
 
             f = afunc
         else:
-            # -1 turns the inline hit path off (custom keys, keyword-only or * parameters).
+            # A native callable: a hit of an all-positional call runs no Python frame at
+            # all. The arity -1 turns that off (custom keys, keyword-only or * parameters).
             n = self._argkey._n if self._fast is not None else -1
-            lookup = self._memo.lookup
-            decode = self._decode
-            slow = self.__call__
-
-            @functools.wraps(self._func)
-            def f(*args, **kwargs):
-                if not kwargs and len(args) == n:
-                    v = lookup(args, decode, _MISS)
-                    if v is not _MISS:
-                        return v
-                return slow(*args, **kwargs)
+            f = _native.MemoCall(self._memo, n, self._decode, self._full)
+            functools.update_wrapper(f, self._func)
 
         for name in ("acall", "reset", "precache", "clear", "clear_in_flight", "stats"):
             setattr(f, name, getattr(self, name))

@@ -709,6 +709,88 @@ struct MemoFn {
     serve_stale: bool,
 }
 
+impl MemoFn {
+    /// The decoded fresh result for `args`, if there is one.
+    fn hit(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        decode: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<Py<PyAny>>> {
+        let mut key = Vec::with_capacity(64);
+        if !encode_args(args.as_any(), &mut key)? {
+            return Ok(None);
+        }
+        match self.handle.with(|m| m.lookup(Bytes::new(&key))).py_err()? {
+            Some(b) => decode_value(py, &b, decode).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A memoized function as Python calls it: a hit of an all-positional call is served
+/// here without a Python frame; everything else goes to the Python layer's `slow` call.
+/// Carries a `__dict__` for `functools.update_wrapper` and the companions.
+#[pyclass(frozen, dict, module = "shmemcache._native")]
+struct MemoCall {
+    memo: Py<MemoFn>,
+    /// Positional arguments of a whole binding, or -1 (custom keys, `*args`, keyword-only).
+    arity: isize,
+    decode: Py<PyAny>,
+    slow: Py<PyAny>,
+}
+
+#[pymethods]
+impl MemoCall {
+    #[new]
+    fn new(memo: Py<MemoFn>, arity: isize, decode: Py<PyAny>, slow: Py<PyAny>) -> MemoCall {
+        MemoCall {
+            memo,
+            arity,
+            decode,
+            slow,
+        }
+    }
+
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        if kwargs.is_none_or(|d| d.is_empty()) && args.len() as isize == self.arity {
+            if let Some(v) = self.memo.get().hit(py, args, self.decode.bind(py))? {
+                return Ok(v);
+            }
+        }
+        Ok(self.slow.bind(py).call(args, kwargs)?.unbind())
+    }
+
+    /// Binds like a function when it is a class attribute (a memoized method).
+    fn __get__(
+        slf: &Bound<'_, Self>,
+        obj: Option<&Bound<'_, PyAny>>,
+        _objtype: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        match obj {
+            None => Ok(slf.clone().into_any().unbind()),
+            Some(o) if o.is_none() => Ok(slf.clone().into_any().unbind()),
+            Some(o) => Ok(py
+                .import("types")?
+                .getattr("MethodType")?
+                .call1((slf, o))?
+                .unbind()),
+        }
+    }
+
+    /// Pickled by reference, as a function is: by its module and qualified name.
+    fn __reduce__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        Ok(slf.getattr("__qualname__")?.unbind())
+    }
+}
+
 #[pymethods]
 impl MemoFn {
     #[new]
@@ -828,14 +910,7 @@ impl MemoFn {
         decode: &Bound<'_, PyAny>,
         miss: Py<PyAny>,
     ) -> PyResult<Py<PyAny>> {
-        let mut key = Vec::with_capacity(64);
-        if !encode_args(args.as_any(), &mut key)? {
-            return Ok(miss);
-        }
-        match self.handle.with(|m| m.lookup(Bytes::new(&key))).py_err()? {
-            Some(b) => decode_value(py, &b, decode),
-            None => Ok(miss),
-        }
+        Ok(self.hit(py, args, decode)?.unwrap_or(miss))
     }
 
     /// Forgets the result for `argkey`; True if there was one.
@@ -939,6 +1014,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeCache>()?;
     m.add_class::<Guard>()?;
     m.add_class::<MemoFn>()?;
+    m.add_class::<MemoCall>()?;
     m.add_function(wrap_pyfunction!(argkey, m)?)?;
     m.add("STACK_VALUE", STACK_VALUE)?;
     Ok(())

@@ -232,3 +232,26 @@ def test_dead_owner_is_taken_over(name):
     assert owner.exitcode == -signal.SIGKILL
     assert 0.25 < waited < 5, waited
     assert f.stats()["takeovers"] >= 1
+
+
+def test_memoized_function_pickles_by_reference(cache):
+    import pickle
+    import sys
+    import types
+
+    mod = types.ModuleType("pytest_memo_mod")
+    sys.modules[mod.__name__] = mod
+    try:
+
+        def double(x):
+            return 2 * x
+
+        double.__module__ = mod.__name__
+        double.__qualname__ = "double"
+        mod.double = cache.memoize(double)
+        assert pickle.loads(pickle.dumps(mod.double)) is mod.double
+        assert mod.double(4) == 8 and mod.double(4) == 8
+        assert mod.double.__name__ == "double" and mod.double.__wrapped__ is double
+        assert mod.double.stats()["hits"] == 1
+    finally:
+        del sys.modules[mod.__name__]

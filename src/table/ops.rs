@@ -5,6 +5,8 @@ use super::*;
 
 impl ShardView<'_> {
     /// Looks `key` up; on a hit makes it most recently used and returns its record.
+    /// (The cache calls [`lookup_as`](Self::lookup_as); the model and tests call this.)
+    #[cfg(any(test, feature = "test-support"))]
     #[inline]
     pub fn lookup(&mut self, k: Key, now: &mut Now) -> TResult<Option<u32>> {
         self.lookup_as(k, now, true)
