@@ -88,6 +88,33 @@ class _Coord:
     async def __aexit__(self, *exc):
         self._holds.pop().release()
 
+    def _decorate_held(self, func, take, busy):
+        """Decorates ``func`` to run holding ``take(name)`` (None when busy), released
+        after; when busy, the call returns ``busy(name, args, kwargs)`` instead."""
+
+        def body(name, f, args, kwargs, is_async):
+            g = take(name)
+            if is_async:
+
+                async def run():
+                    if g is None:
+                        r = busy(name, args, kwargs)
+                        return await r if inspect.isawaitable(r) else r
+                    try:
+                        return await f(*args, **kwargs)
+                    finally:
+                        g.release()
+
+                return run()
+            if g is None:
+                return busy(name, args, kwargs)
+            try:
+                return f(*args, **kwargs)
+            finally:
+                g.release()
+
+        return self._decorate(func, body)
+
     def _decorate(self, func, body):
         template = Template(self.name, func)
         if inspect.iscoroutinefunction(func):
@@ -196,12 +223,19 @@ class Once(_Coord):
 
     As a decorator, a busy call returns ``on_busy`` (default None) without running, or
     raises ``Busy`` if ``on_busy`` is :data:`shmemcache.RAISE`. As a ``with`` block,
-    which cannot be skipped, a busy name raises ``Busy``.
+    which cannot be skipped, a busy name raises ``Busy``. ``error`` is the class raised
+    (``Busy`` or a subclass of it).
     """
 
-    def __init__(self, cache, name, expires=None, on_busy=None):
+    def __init__(self, cache, name, expires=None, on_busy=None, *, error=Busy):
         super().__init__(cache, name, expires)
         self.on_busy = on_busy
+        self.error = error
+
+    def _busy(self, name, args=(), kwargs=None):
+        if self.on_busy is RAISE:
+            raise self.error(f"once {name!r} is busy: running in another process")
+        return self.on_busy
 
     def _try(self, name):
         return self._cache._n.try_once(name, self.expires)
@@ -210,7 +244,7 @@ class Once(_Coord):
         name = self._name()
         g = self._try(name)
         if g is None:
-            raise Busy(f"once {name!r} is busy: running in another process")
+            raise self.error(f"once {name!r} is busy: running in another process")
         self._push(g)
         return self
 
@@ -218,32 +252,7 @@ class Once(_Coord):
         return self.__enter__()
 
     def __call__(self, func):
-        def busy(name):
-            if self.on_busy is RAISE:
-                raise Busy(f"once {name!r} is busy: running in another process")
-            return self.on_busy
-
-        def body(name, f, args, kwargs, is_async):
-            g = self._try(name)
-            if is_async:
-
-                async def run():
-                    if g is None:
-                        return busy(name)
-                    try:
-                        return await f(*args, **kwargs)
-                    finally:
-                        g.release()
-
-                return run()
-            if g is None:
-                return busy(name)
-            try:
-                return f(*args, **kwargs)
-            finally:
-                g.release()
-
-        return self._decorate(func, body)
+        return self._decorate_held(func, self._try, self._busy)
 
 
 class Pool(_Coord):
@@ -251,11 +260,13 @@ class Pool(_Coord):
     dies is reclaimed; ``expires`` bounds a hold.
 
     ``with pool:`` raises ``Busy`` when every slot is held. As a decorator, a full pool
-    calls ``on_full(*args, **kwargs)`` if given, else raises ``Busy``.
+    calls ``on_full(*args, **kwargs)`` if given, else raises ``Busy``. ``error`` is the
+    class raised (``Busy`` or a subclass of it).
     """
 
-    def __init__(self, cache, name, size, expires=None, on_full=None):
+    def __init__(self, cache, name, size, expires=None, on_full=None, *, error=Busy):
         super().__init__(cache, name, expires)
+        self.error = error
         if isinstance(size, bool) or not isinstance(size, int):
             raise TypeError(f"pool size must be an int, not {type(size).__name__}")
         self.size = size
@@ -287,38 +298,17 @@ class Pool(_Coord):
         name = self._name()
         g = self._try(name)
         if g is None:
-            raise Busy(f"pool {name!r} is busy: all {self.size} slots are held")
+            raise self.error(f"pool {name!r} is busy: all {self.size} slots are held")
         self._push(g)
         return self
 
     async def __aenter__(self):
         return self.__enter__()
 
+    def _full(self, name, args, kwargs):
+        if self.on_full is None or self.on_full is RAISE:
+            raise self.error(f"pool {name!r} is busy: all {self.size} slots are held")
+        return self.on_full(*args, **kwargs)
+
     def __call__(self, func):
-        def full(name, args, kwargs):
-            if self.on_full is None or self.on_full is RAISE:
-                raise Busy(f"pool {name!r} is busy: all {self.size} slots are held")
-            return self.on_full(*args, **kwargs)
-
-        def body(name, f, args, kwargs, is_async):
-            g = self._try(name)
-            if is_async:
-
-                async def run():
-                    if g is None:
-                        r = full(name, args, kwargs)
-                        return await r if inspect.isawaitable(r) else r
-                    try:
-                        return await f(*args, **kwargs)
-                    finally:
-                        g.release()
-
-                return run()
-            if g is None:
-                return full(name, args, kwargs)
-            try:
-                return f(*args, **kwargs)
-            finally:
-                g.release()
-
-        return self._decorate(func, body)
+        return self._decorate_held(func, self._try, self._full)

@@ -16,7 +16,7 @@ import pickle
 import threading
 
 from ._cache import Cache
-from ._coord import RAISE, Lock, _in_thread
+from ._coord import RAISE, Lock, Once, Pool, _in_thread
 from ._memo import Memoized
 from ._util import Template, seconds
 from .errors import Busy
@@ -400,45 +400,8 @@ class Cachify:
         process; then raises ``CachifyLockError`` (``raise_on_locked``) or returns
         ``return_on_locked``."""
         exp = self.default_lock_expiration if exp is RAISE else exp
-
-        def deco(func):
-            template = Template(self.prefix + key, func)
-            is_async = inspect.iscoroutinefunction(func)
-
-            def busy(name):
-                if raise_on_locked:
-                    raise CachifyLockError(f"once {name!r} is busy: running in another process")
-                return return_on_locked
-
-            if is_async:
-
-                @functools.wraps(func)
-                async def awrapper(*args, **kwargs):
-                    name = template.render(args, kwargs)
-                    g = self.cache._n.try_once(name, seconds("exp", exp))
-                    if g is None:
-                        return busy(name)
-                    try:
-                        return await func(*args, **kwargs)
-                    finally:
-                        g.release()
-
-                return awrapper
-
-            @functools.wraps(func)
-            def wrapper(*args, **kwargs):
-                name = template.render(args, kwargs)
-                g = self.cache._n.try_once(name, seconds("exp", exp))
-                if g is None:
-                    return busy(name)
-                try:
-                    return func(*args, **kwargs)
-                finally:
-                    g.release()
-
-            return wrapper
-
-        return deco
+        on_busy = RAISE if raise_on_locked else return_on_locked
+        return Once(self.cache, self.prefix + key, exp, on_busy, error=CachifyLockError)
 
     # ----- pools -------------------------------------------------------------------
 
@@ -454,45 +417,12 @@ class Cachify:
         (``raise_on_full``, or no ``on_full``: nothing to return). ``f.size(*args,
         **kwargs)`` counts the holders."""
         exp = self.default_pool_slot_expiration if slot_exp is RAISE else slot_exp
+        full = None if raise_on_full else on_full
+        pool = Pool(self.cache, self.prefix + key, max_size, exp, full, error=CachifyPoolFullError)
 
         def deco(func):
+            wrapper = pool(func)
             template = Template(self.prefix + key, func)
-            is_async = inspect.iscoroutinefunction(func)
-
-            def full(name, args, kwargs):
-                if raise_on_full or on_full is None:
-                    raise CachifyPoolFullError(f"pool {name!r} is full: {max_size} slots held")
-                return on_full(*args, **kwargs)
-
-            def take(name):
-                return self.cache._n.pool_acquire(name, max_size, seconds("slot_exp", exp))
-
-            if is_async:
-
-                @functools.wraps(func)
-                async def wrapper(*args, **kwargs):
-                    name = template.render(args, kwargs)
-                    g = take(name)
-                    if g is None:
-                        r = full(name, args, kwargs)
-                        return await r if inspect.isawaitable(r) else r
-                    try:
-                        return await func(*args, **kwargs)
-                    finally:
-                        g.release()
-            else:
-
-                @functools.wraps(func)
-                def wrapper(*args, **kwargs):
-                    name = template.render(args, kwargs)
-                    g = take(name)
-                    if g is None:
-                        return full(name, args, kwargs)
-                    try:
-                        return func(*args, **kwargs)
-                    finally:
-                        g.release()
-
             wrapper.size = lambda *a, **kw: _Maybe(
                 self.cache._n.pool_size(template.render(a, kw), max_size)
             )

@@ -1,8 +1,9 @@
 //! `shmemcache._native`: the Rust glue under the `shmemcache` Python package.
 //!
 //! Thin on purpose: bytes in, bytes out. Codecs, key building, decorators and context
-//! managers live in the Python layer (`python/shmemcache/`), so nothing here runs Python
-//! code while a shard lock is held: values arrive encoded and leave as `bytes`. Every call
+//! managers live in the Python layer (`python/shmemcache/`). Values arrive encoded; reads
+//! copy the stored bytes out first and only then decode them (`bytes`, `str` and pickles
+//! here, other codecs in Python), so no Python code runs while a shard lock is held. Every call
 //! that can wait (a write's shard lock, a named lock, a memoized computation elsewhere)
 //! releases the GIL while it waits; user functions run with it re-taken, outside any
 //! shard lock.
@@ -87,32 +88,28 @@ fn error_class(e: &Error) -> &'static str {
     }
 }
 
-/// A Rust error as the matching `shmemcache.errors` exception.
-fn to_py(e: Error) -> PyErr {
+/// An instance of the `shmemcache.errors` class `class` with `msg`.
+fn py_error(class: &str, msg: String) -> PyErr {
     Python::attach(|py| {
-        let class = py
+        match py
             .import("shmemcache.errors")
-            .and_then(|m| m.getattr(error_class(&e)))
-            .and_then(|c| c.cast_into::<PyType>().map_err(PyErr::from));
-        match class {
-            Ok(c) => PyErr::from_type(c, e.to_string()),
+            .and_then(|m| m.getattr(class))
+            .and_then(|c| c.cast_into::<PyType>().map_err(PyErr::from))
+        {
+            Ok(c) => PyErr::from_type(c, msg),
             // The Python layer is missing (the module imported on its own): still an error.
-            Err(_) => PyValueError::new_err(e.to_string()),
+            Err(_) => PyValueError::new_err(msg),
         }
     })
 }
 
+/// A Rust error as the matching `shmemcache.errors` exception.
+fn to_py(e: Error) -> PyErr {
+    py_error(error_class(&e), e.to_string())
+}
+
 fn closed_error() -> PyErr {
-    Python::attach(|py| {
-        match py
-            .import("shmemcache.errors")
-            .and_then(|m| m.getattr("Closed"))
-            .and_then(|c| c.cast_into::<PyType>().map_err(PyErr::from))
-        {
-            Ok(c) => PyErr::from_type(c, "the cache handle is closed"),
-            Err(_) => PyValueError::new_err("the cache handle is closed"),
-        }
-    })
+    py_error("Closed", "the cache handle is closed".to_string())
 }
 
 trait OrPy<T> {
@@ -180,6 +177,21 @@ impl NativeCache {
             return Err(closed_error());
         }
         Ok(&self.cache)
+    }
+
+    /// A conditional store (`add`, `replace`) without the GIL; no TTL means the default.
+    fn store_if(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &[u8],
+        ttl: Option<f64>,
+        op: fn(&Cache, &[u8], &[u8], Option<Duration>) -> Result<bool, Error>,
+    ) -> PyResult<bool> {
+        let c = self.c()?;
+        let k = key_bytes(key)?;
+        let ttl = opt_seconds("ttl", ttl)?.or(c.default_ttl());
+        py.detach(|| op(c, &k, value, ttl)).py_err()
     }
 
     fn arc(&self) -> PyResult<Arc<Cache>> {
@@ -359,6 +371,7 @@ impl NativeCache {
             .map(|o| o.evicted)
     }
 
+    /// Stores `value` only if `key` is absent; True if it did.
     #[pyo3(signature = (key, value, ttl=None))]
     fn add(
         &self,
@@ -367,12 +380,10 @@ impl NativeCache {
         value: &[u8],
         ttl: Option<f64>,
     ) -> PyResult<bool> {
-        let c = self.c()?;
-        let k = key_bytes(key)?;
-        let ttl = opt_seconds("ttl", ttl)?.or(c.default_ttl());
-        py.detach(|| c.add_ttl(&k, value, ttl)).py_err()
+        self.store_if(py, key, value, ttl, Cache::add_ttl)
     }
 
+    /// Stores `value` only if `key` is present; True if it did.
     #[pyo3(signature = (key, value, ttl=None))]
     fn replace(
         &self,
@@ -381,10 +392,7 @@ impl NativeCache {
         value: &[u8],
         ttl: Option<f64>,
     ) -> PyResult<bool> {
-        let c = self.c()?;
-        let k = key_bytes(key)?;
-        let ttl = opt_seconds("ttl", ttl)?.or(c.default_ttl());
-        py.detach(|| c.replace_ttl(&k, value, ttl)).py_err()
+        self.store_if(py, key, value, ttl, Cache::replace_ttl)
     }
 
     /// Removes `key` and returns its value, or None.
