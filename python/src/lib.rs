@@ -156,6 +156,9 @@ fn opt_seconds(what: &str, s: Option<f64>) -> PyResult<Option<Duration>> {
 
 // ----- the cache handle ----------------------------------------------------------------
 
+/// `Cache::add_ttl` or `Cache::replace_ttl`.
+type ConditionalStore = fn(&Cache, &[u8], &[u8], Option<Duration>) -> Result<bool, Error>;
+
 /// One handle on a named segment (or one of its namespaces).
 #[pyclass(frozen, module = "shmemcache._native", name = "Cache")]
 struct NativeCache {
@@ -186,7 +189,7 @@ impl NativeCache {
         key: &Bound<'_, PyAny>,
         value: &[u8],
         ttl: Option<f64>,
-        op: fn(&Cache, &[u8], &[u8], Option<Duration>) -> Result<bool, Error>,
+        op: ConditionalStore,
     ) -> PyResult<bool> {
         let c = self.c()?;
         let k = key_bytes(key)?;
