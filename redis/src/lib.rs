@@ -30,8 +30,11 @@
 //! # Ok::<(), shmemcache_redis::TierError>(())
 //! ```
 
+mod coord;
 mod message;
 mod subscriber;
+
+pub use coord::{RemoteLockGuard, RemoteOnceBusy, RemotePool, RemoteSlot};
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,6 +57,10 @@ pub enum TierError {
     /// An option is out of range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A lock across machines is held (and the caller did not wait, or waited its whole
+    /// bound), or a `once` body runs elsewhere.
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 /// Result alias.
@@ -291,6 +298,16 @@ impl Tiered {
     }
 }
 
+impl std::fmt::Debug for Tiered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tiered")
+            .field("name", &self.inner.opts.name)
+            .field("channel", &self.inner.channel)
+            .field("subscriber", &self.is_subscriber())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for Tiered {
     fn drop(&mut self) {
         self.inner.stop.store(true, Ordering::Relaxed);
@@ -357,7 +374,7 @@ impl Inner {
 
     /// Runs `f` on this process's connection, opening it if needed; drops a connection
     /// that failed, so the next operation reconnects.
-    fn with_conn<T>(
+    pub(crate) fn with_conn<T>(
         &self,
         f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T> {

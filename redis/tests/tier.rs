@@ -1,122 +1,16 @@
 //! The tier against a real redis-server (started here on a Unix socket), with real
 //! processes: two "machines" are two segments sharing one Redis.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{spawn_child, wait_for, Redis, Segment};
 use shmemcache::Cache;
 use shmemcache_redis::{TierError, TierOptions, Tiered};
 
-/// A redis-server of this test's own, on a Unix socket in a temporary directory.
-struct Redis {
-    dir: tempfile::TempDir,
-    proc: Option<Child>,
-}
-
-impl Redis {
-    /// Starts one, or `None` (with a message) where redis-server is not installed and
-    /// this is not CI; in CI its absence fails the test.
-    fn start() -> Option<Redis> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true and redis-server is not installed"
-            );
-            eprintln!("skipped: redis-server is not installed");
-            return None;
-        }
-        let mut r = Redis {
-            dir: tempfile::tempdir().expect("tempdir"),
-            proc: None,
-        };
-        r.restart();
-        Some(r)
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("redis.sock")
-    }
-
-    fn url(&self) -> String {
-        format!("unix://{}", self.socket().display())
-    }
-
-    fn restart(&mut self) {
-        let _ = std::fs::remove_file(self.socket());
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                "0",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--unixsocket",
-            ])
-            .arg(self.socket())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.proc = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// `kill -9` of the server.
-    fn kill(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            let _ = p.kill();
-            let _ = p.wait();
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A segment unlinked when the test ends.
-struct Segment(String);
-
-impl Segment {
-    fn new(tag: &str) -> Segment {
-        Segment(format!("shmc-tier-{}-{tag}", std::process::id()))
-    }
-    fn open(&self) -> Cache {
-        Cache::open(&self.0).expect("open segment")
-    }
-}
-
-impl Drop for Segment {
-    fn drop(&mut self) {
-        let _ = Cache::unlink(&self.0);
-    }
-}
-
 fn opts() -> TierOptions {
     TierOptions::new("t").l1_ttl(Duration::from_secs(30))
-}
-
-/// Waits until `cond` holds, up to `limit`; how long it took.
-fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
-    let t = Instant::now();
-    while !cond() {
-        if t.elapsed() > limit {
-            return None;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    Some(t.elapsed())
 }
 
 /// The pid listening for a machine's invalidations, read from its segment.
@@ -219,30 +113,16 @@ fn tier_child() {
     }
 }
 
-fn spawn_child(seg: &str, url: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "tier_child",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("TIER_SEGMENT", seg)
-        .env("TIER_URL", url)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn child")
-}
-
 #[test]
 fn subscriber_takeover_after_kill_9() {
     let Some(redis) = Redis::start() else { return };
     let (sa, sb) = (Segment::new("a"), Segment::new("b"));
     let ca = sa.open();
+    let url = redis.url();
+    let env = [("TIER_SEGMENT", sa.0.as_str()), ("TIER_URL", url.as_str())];
     let mut children = [
-        spawn_child(&sa.0, &redis.url()),
-        spawn_child(&sa.0, &redis.url()),
+        spawn_child("tier_child", &env),
+        spawn_child("tier_child", &env),
     ];
     let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
     assert!(
