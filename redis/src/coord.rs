@@ -54,7 +54,7 @@ return redis.call('ZCARD', KEYS[1])
 ";
 
 /// Tokens are unique per hold: machine, process, a counter and the time.
-fn token(tier: &Tiered) -> String {
+pub(crate) fn token(tier: &Tiered) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let t = std::time::SystemTime::now()

@@ -31,10 +31,12 @@
 //! ```
 
 mod coord;
+mod memo;
 mod message;
 mod subscriber;
 
 pub use coord::{RemoteLockGuard, RemoteOnceBusy, RemotePool, RemoteSlot};
+pub use memo::{RemoteCompute, RemoteComputeError};
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -345,7 +347,7 @@ return n
 ";
 
 impl Inner {
-    fn redis_key(&self, key: &[u8]) -> Vec<u8> {
+    pub(crate) fn redis_key(&self, key: &[u8]) -> Vec<u8> {
         let mut k = Vec::with_capacity(self.opts.key_prefix.len() + key.len());
         k.extend_from_slice(self.opts.key_prefix.as_bytes());
         k.extend_from_slice(key);
