@@ -34,9 +34,11 @@ mod coord;
 mod memo;
 mod message;
 mod subscriber;
+mod typed;
 
 pub use coord::{RemoteLockGuard, RemoteOnceBusy, RemotePool, RemoteSlot};
 pub use memo::{RemoteCompute, RemoteComputeError};
+pub use typed::TieredTyped;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

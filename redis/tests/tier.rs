@@ -245,3 +245,34 @@ fn bad_options_and_urls_are_clear_errors() {
     assert!(matches!(t.get(b"k"), Err(TierError::Redis(_))));
     assert!(matches!(t.set(b"k", b"v", None), Err(TierError::Redis(_))));
 }
+
+#[test]
+fn typed_values_across_machines() {
+    let Some(redis) = Redis::start() else { return };
+    let (sa, sb) = (Segment::new("ta"), Segment::new("tb"));
+    let (ca, cb) = (sa.open(), sb.open());
+    let a = Tiered::new(&ca, &redis.url(), opts()).unwrap();
+    let b = Tiered::new(&cb, &redis.url(), opts()).unwrap();
+    let team = (7u32, "core".to_string());
+    let v = vec!["ada".to_string(), "grace".to_string()];
+    a.typed::<(u32, String), Vec<String>>()
+        .set(&team, &v, None)
+        .unwrap();
+    let on_b = b.typed::<(u32, String), Vec<String>>();
+    assert_eq!(on_b.get(&team).unwrap(), Some(v));
+    assert!(on_b.delete(&team).unwrap());
+    // A's L1 copy goes when B's invalidation arrives.
+    let on_a = a.typed::<(u32, String), Vec<String>>();
+    assert!(wait_for(Duration::from_secs(5), || on_a
+        .get(&team)
+        .unwrap()
+        .is_none())
+    .is_some());
+    // Bytes that do not decode as the value type are an error, not a panic: the key 5u32
+    // encodes as the single byte 5.
+    a.set(&[5], &[0xff, 0xff, 0xff], None).unwrap();
+    assert!(matches!(
+        a.typed::<u32, String>().get(&5),
+        Err(TierError::Cache(shmemcache::Error::Codec(_)))
+    ));
+}
