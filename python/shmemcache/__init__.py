@@ -1,10 +1,11 @@
 """shmemcache: one LRU cache in shared memory for every process on the machine.
 
 >>> import shmemcache
->>> cache = shmemcache.Cache("myapp")          # opened (or created) by name
+>>> cache = shmemcache.Cache("doctest-init")   # opened (or created) by name
 >>> cache["k"] = {"any": "picklable object"}   # seen at once by every process
 >>> @cache.memoize(ttl=300)                      # computed once machine-wide
 ... def report(day): ...
+>>> shmemcache.Cache.unlink("doctest-init")
 
 See ``help(shmemcache.Cache)``, ``shmemcache.memoize``, ``shmemcache.Lock``,
 ``shmemcache.Once``, ``shmemcache.Pool``, ``shmemcache.fork_safe`` and
