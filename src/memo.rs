@@ -235,7 +235,6 @@ fn encode_trailer(now_ns: u64) -> [u8; TRAILER] {
     (TAG | ((now_ns / 1000) & ((1 << 56) - 1))).to_le_bytes()
 }
 
-/// When a stored memo value was computed (ns), or `None` if it is not a memo value.
 /// What a stored memo value is under `opts`: its payload's length with whether it is
 /// stale, or `None` if it is malformed or past `max_age` (treated as missing).
 fn classify(v: &[u8], opts: &ComputeOptions) -> Option<(usize, bool)> {
@@ -260,6 +259,7 @@ fn fresh_payload<'v>(v: &'v [u8], opts: &ComputeOptions) -> Option<&'v [u8]> {
     }
 }
 
+/// When a stored memo value was computed (ns), or `None` if it is not a memo value.
 fn computed_at(v: &[u8]) -> Option<u64> {
     let at = v.len().checked_sub(TRAILER)?;
     let t = u64::from_le_bytes(v.get(at..)?.try_into().ok()?);

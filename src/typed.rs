@@ -16,7 +16,8 @@ pub trait Codec {
     /// Decodes a `T`.
     fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T>;
     /// Appends the encoding of `value` to `out` (a codec that can write in place saves
-    /// the allocation of [`encode`](Codec::encode)).
+    /// the allocation of [`encode`](Codec::encode)). After an error, what `out` holds is
+    /// unspecified.
     fn encode_into<T: Serialize + ?Sized>(&self, value: &T, out: &mut Vec<u8>) -> Result<()> {
         out.extend_from_slice(&self.encode(value)?);
         Ok(())
