@@ -501,10 +501,11 @@ impl Inner {
         match change {
             Some((value, ttl)) => {
                 let l1_ttl = ttl.map_or(self.opts.l1_ttl, |t| t.min(self.opts.l1_ttl));
+                // A value L1 cannot hold (too large) leaves L1's older copy in place:
+                // that copy must go. So must ours if someone else changed the key
+                // between our Redis write and our L1 store (which is newer is unknown).
                 let stored = self.l1.set_ttl(key, value, Some(l1_ttl)).is_ok();
-                // Someone else changed the key between our Redis write and our L1 store:
-                // which of the two is newer is unknown here, so keep neither in L1.
-                if stored && (mine != before + 1 || self.seq(&stripe)? != mine) {
+                if !stored || mine != before + 1 || self.seq(&stripe)? != mine {
                     self.l1.delete(key)?;
                 }
             }

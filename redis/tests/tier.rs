@@ -276,3 +276,21 @@ fn typed_values_across_machines() {
         Err(TierError::Cache(shmemcache::Error::Codec(_)))
     ));
 }
+
+#[test]
+fn a_value_too_large_for_l1_still_replaces_the_old_copy() {
+    let Some(redis) = Redis::start() else { return };
+    let seg = Segment::new("big");
+    let c = shmemcache::Options::new()
+        .max_value_len(1024)
+        .create(&seg.0)
+        .unwrap();
+    let t = Tiered::new(&c, &redis.url(), opts()).unwrap();
+    t.set(b"k", b"small", None).unwrap();
+    assert!(t.l1().contains(b"k").unwrap());
+    let big = vec![7u8; 4096];
+    t.set(b"k", &big, None).unwrap();
+    // L1 cannot hold it: the old copy is gone and reads go to Redis.
+    assert!(!t.l1().contains(b"k").unwrap());
+    assert_eq!(t.get(b"k").unwrap(), Some(big));
+}
