@@ -440,8 +440,9 @@ impl Inner {
             return Ok(None);
         };
         self.l2_hits.fetch_add(1, Ordering::Relaxed);
-        // -1: no expiry in Redis; -2: gone since the GET (served, not kept).
-        if pttl == -2 {
+        // -1: no expiry in Redis; -2: gone since the GET, 0: about to go (served, not
+        // kept).
+        if pttl == 0 || pttl < -1 {
             return Ok(Some(value));
         }
         let mut ttl = self.opts.l1_ttl;
