@@ -156,8 +156,8 @@ fn opt_seconds(what: &str, s: Option<f64>) -> PyResult<Option<Duration>> {
 
 // ----- the cache handle ----------------------------------------------------------------
 
-/// `Cache::add_ttl` or `Cache::replace_ttl`.
-type ConditionalStore = fn(&Cache, &[u8], &[u8], Option<Duration>) -> Result<bool, Error>;
+/// `Cache::set_ttl` (evictions), `add_ttl` or `replace_ttl` (stored or not).
+type Store<T> = fn(&Cache, &[u8], &[u8], Option<Duration>) -> Result<T, Error>;
 
 /// One handle on a named segment (or one of its namespaces).
 #[pyclass(frozen, module = "shmemcache._native", name = "Cache")]
@@ -182,15 +182,15 @@ impl NativeCache {
         Ok(&self.cache)
     }
 
-    /// A conditional store (`add`, `replace`) without the GIL; no TTL means the default.
-    fn store_if(
+    /// A store (`set`, `add`, `replace`) without the GIL; no TTL means the default.
+    fn store<T: Send>(
         &self,
         py: Python<'_>,
         key: &Bound<'_, PyAny>,
         value: &[u8],
         ttl: Option<f64>,
-        op: ConditionalStore,
-    ) -> PyResult<bool> {
+        op: Store<T>,
+    ) -> PyResult<T> {
         let c = self.c()?;
         let k = key_bytes(key)?;
         let ttl = opt_seconds("ttl", ttl)?.or(c.default_ttl());
@@ -353,25 +353,17 @@ impl NativeCache {
     }
 
     /// Stores `value`; returns how many entries were evicted to make room.
-    #[pyo3(signature = (key, value, ttl=None, keep_default=true))]
+    #[pyo3(signature = (key, value, ttl=None))]
     fn set(
         &self,
         py: Python<'_>,
         key: &Bound<'_, PyAny>,
         value: &[u8],
         ttl: Option<f64>,
-        keep_default: bool,
     ) -> PyResult<u32> {
-        let c = self.c()?;
-        let k = key_bytes(key)?;
-        let ttl = match opt_seconds("ttl", ttl)? {
-            Some(t) => Some(t),
-            None if keep_default => c.default_ttl(),
-            None => None,
-        };
-        py.detach(|| c.set_ttl(&k, value, ttl))
-            .py_err()
-            .map(|o| o.evicted)
+        self.store(py, key, value, ttl, |c, k, v, t| {
+            c.set_ttl(k, v, t).map(|o| o.evicted)
+        })
     }
 
     /// Stores `value` only if `key` is absent; True if it did.
@@ -383,7 +375,7 @@ impl NativeCache {
         value: &[u8],
         ttl: Option<f64>,
     ) -> PyResult<bool> {
-        self.store_if(py, key, value, ttl, Cache::add_ttl)
+        self.store(py, key, value, ttl, Cache::add_ttl)
     }
 
     /// Stores `value` only if `key` is present; True if it did.
@@ -395,7 +387,7 @@ impl NativeCache {
         value: &[u8],
         ttl: Option<f64>,
     ) -> PyResult<bool> {
-        self.store_if(py, key, value, ttl, Cache::replace_ttl)
+        self.store(py, key, value, ttl, Cache::replace_ttl)
     }
 
     /// Removes `key` and returns its value, or None.

@@ -108,7 +108,7 @@ impl RemoteLockGuard<'_> {
 
     fn release_now(&self) -> Result<bool> {
         let n: i64 = self.tier.inner.with_conn(|c| {
-            redis::Script::new(RELEASE)
+            lua!(RELEASE)
                 .key(&self.key)
                 .arg(&self.token)
                 .arg(&self.channel)
@@ -158,7 +158,7 @@ impl<'t> RemotePool<'t> {
         let ms = lease_ms("a pool lease", lease)?;
         let token = token(self.tier);
         let n: i64 = self.tier.inner.with_conn(|c| {
-            redis::Script::new(POOL_ACQUIRE)
+            lua!(POOL_ACQUIRE)
                 .key(&self.key)
                 .arg(self.max_size)
                 .arg(ms)
@@ -178,7 +178,7 @@ impl<'t> RemotePool<'t> {
         let n: i64 = self
             .tier
             .inner
-            .with_conn(|c| redis::Script::new(POOL_SIZE).key(&self.key).invoke(c))?;
+            .with_conn(|c| lua!(POOL_SIZE).key(&self.key).invoke(c))?;
         Ok(n.max(0) as usize)
     }
 
@@ -319,12 +319,9 @@ impl Tiered {
     pub fn force_release(&self, name: &str) -> Result<bool> {
         check_name(name)?;
         let (key, channel) = self.lock_key("lock", name);
-        let n: i64 = self.inner.with_conn(|c| {
-            redis::Script::new(FORCE_RELEASE)
-                .key(&key)
-                .arg(&channel)
-                .invoke(c)
-        })?;
+        let n: i64 = self
+            .inner
+            .with_conn(|c| lua!(FORCE_RELEASE).key(&key).arg(&channel).invoke(c))?;
         Ok(n == 1)
     }
 

@@ -30,6 +30,14 @@
 //! # Ok::<(), shmemcache_redis::TierError>(())
 //! ```
 
+/// The script `$code`, hashed once per process (`EVALSHA` names it by its SHA-1).
+macro_rules! lua {
+    ($code:expr) => {{
+        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        SCRIPT.get_or_init(|| redis::Script::new($code))
+    }};
+}
+
 mod coord;
 mod memo;
 mod message;
@@ -205,8 +213,6 @@ pub(crate) struct Inner {
     misses: AtomicU64,
     writes: AtomicU64,
     redis_errors: AtomicU64,
-    set_script: redis::Script,
-    del_script: redis::Script,
 }
 
 impl Tiered {
@@ -240,8 +246,6 @@ impl Tiered {
             misses: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             redis_errors: AtomicU64::new(0),
-            set_script: redis::Script::new(SET_AND_PUBLISH),
-            del_script: redis::Script::new(DEL_AND_PUBLISH),
         });
         let t = Tiered { inner };
         t.inner.ensure_subscriber();
@@ -470,7 +474,7 @@ impl Inner {
         let res = self.with_conn(|c| match change {
             Some((value, ttl)) => {
                 let px = ttl.map_or(0, |t| t.as_millis().max(1) as u64);
-                self.set_script
+                lua!(SET_AND_PUBLISH)
                     .key(&rk)
                     .arg(value)
                     .arg(px)
@@ -479,8 +483,7 @@ impl Inner {
                     .invoke::<i64>(c)
                     .map(|_| true)
             }
-            None => self
-                .del_script
+            None => lua!(DEL_AND_PUBLISH)
                 .key(&rk)
                 .arg(&self.channel)
                 .arg(&msg)

@@ -250,13 +250,9 @@ impl Tiered {
                 while let Err(mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(opts.lease / 3)
                 {
-                    let renewed: Result<i64> = self.inner.with_conn(|c| {
-                        redis::Script::new(RENEW)
-                            .key(k.flight)
-                            .arg(token)
-                            .arg(lease)
-                            .invoke(c)
-                    });
+                    let renewed: Result<i64> = self
+                        .inner
+                        .with_conn(|c| lua!(RENEW).key(k.flight).arg(token).arg(lease).invoke(c));
                     // Lost (lapsed, force-cleared): renewing again would be wrong.
                     if matches!(renewed, Ok(0)) {
                         break;
@@ -271,7 +267,7 @@ impl Tiered {
             Ok(v) => {
                 let px = opts.ttl.map_or(0, |t| t.as_millis().max(1) as u64);
                 self.inner.with_conn(|c| {
-                    redis::Script::new(LAND)
+                    lua!(LAND)
                         .key(k.value)
                         .key(k.flight)
                         .arg(&v)
@@ -284,7 +280,7 @@ impl Tiered {
             }
             Err(e) => {
                 let _ = self.inner.with_conn(|c| {
-                    redis::Script::new(ABANDON)
+                    lua!(ABANDON)
                         .key(k.flight)
                         .arg(token)
                         .arg(k.channel)
