@@ -413,8 +413,9 @@ pub enum Expiry {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ShardStats {
     /// Lookups that found a live entry. In the totals: every hit of every process. Per
-    /// shard: only the hits counted under the shard's lock (gets that take no lock count in
-    /// their process's slot, which has no shard).
+    /// shard: only the hits counted under the shard's lock (gets that take no lock, and
+    /// every get of the first six named namespaces, count in their process's slot, which
+    /// has no shard).
     pub hits: u64,
     /// Lookups that found nothing (totals and per shard as for `hits`).
     pub misses: u64,
@@ -958,7 +959,7 @@ impl Cache {
         }
         let res = self.with_shard(k.shard, |v| {
             let mut now = Now::lazy(monotonic_ns);
-            match v.lookup_as(k.key(), &mut now, counted)? {
+            match v.lookup_as(k.key(), &mut now, self.shard_counts(counted))? {
                 Some(r) => {
                     let mut out = Vec::new();
                     v.read_value(r, &mut out)?;
@@ -973,13 +974,23 @@ impl Cache {
         Ok(res)
     }
 
-    /// Counts a get made without the lock: in this process's counter slot, and in its
-    /// namespace's counters.
+    /// Counts a get made without the lock in this process's counter slot: in the word of
+    /// its namespace if that namespace has one there (one atomic add; the totals add those
+    /// words), else in the process's own hits or misses and the namespace's shared word.
     #[inline]
     fn count_unlocked(&self, hit: bool) {
         use crate::layout::proc_word::{HITS, MISSES};
-        crate::counters::bump(&self.seg, if hit { HITS } else { MISSES });
+        if crate::layout::proc_ns_word(self.ns, hit).is_none() {
+            crate::counters::bump(&self.seg, if hit { HITS } else { MISSES });
+        }
         self.ns_hit(hit);
+    }
+
+    /// Whether the shard counts this handle's locked gets: not those of a namespace
+    /// counted per process, which [`ns_hit`](Self::ns_hit) counts (once) instead.
+    #[inline]
+    fn shard_counts(&self, counted: bool) -> bool {
+        counted && crate::layout::proc_ns_word(self.ns, true).is_none()
     }
 
     /// Counts a get of a named namespace: in this process's slot for the first
@@ -1020,7 +1031,7 @@ impl Cache {
             None => {
                 let res = self.with_shard(k.shard, |v| {
                     let mut now = Now::lazy(monotonic_ns);
-                    match v.lookup_as(k.key(), &mut now, counted)? {
+                    match v.lookup_as(k.key(), &mut now, self.shard_counts(counted))? {
                         Some(r) => {
                             let len = v.value_len(r)?;
                             if len <= buf.len() {
@@ -1280,9 +1291,8 @@ impl Cache {
         }
         if self.ns == 0 {
             // Gets made without the lock are counted per process, not per shard.
-            use crate::layout::proc_word::{HITS, MISSES};
-            st.total.hits += crate::counters::total(&self.seg, HITS);
-            st.total.misses += crate::counters::total(&self.seg, MISSES);
+            st.total.hits += crate::counters::total_gets(&self.seg, true);
+            st.total.misses += crate::counters::total_gets(&self.seg, false);
         }
         if self.ns != 0 {
             let word = |w| {

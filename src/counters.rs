@@ -80,6 +80,22 @@ pub(crate) fn memo_hits(seg: &Segment, memo: usize) -> u64 {
         .fold(0u64, u64::wrapping_add)
 }
 
+/// Every process's hits (or misses): [`proc_word::HITS`] and the per-process namespace
+/// words, which count the gets of their namespaces instead of it.
+pub(crate) fn total_gets(seg: &Segment, hit: bool) -> u64 {
+    use crate::layout::{proc_ns_word, PROC_NS};
+    let base = if hit {
+        proc_word::HITS
+    } else {
+        proc_word::MISSES
+    };
+    let words = || std::iter::once(base).chain((1..=PROC_NS).filter_map(|n| proc_ns_word(n, hit)));
+    seg.proc_words()
+        .chunks_exact(PROC_WORDS)
+        .flat_map(|s| words().map(move |w| s[w].load(Ordering::Relaxed)))
+        .fold(0u64, u64::wrapping_add)
+}
+
 /// Sums word `word` over every slot.
 pub(crate) fn total(seg: &Segment, word: usize) -> u64 {
     seg.proc_words()

@@ -507,9 +507,11 @@ pub mod proc_word {
     /// The owner: its pid in the high 32 bits, the low 32 bits of its start time (clock
     /// ticks after boot) in the low 32; 0 = never claimed. Changed only by compare-and-swap.
     pub const OWNER: usize = 0;
-    /// Gets that found their key, counted by the owner.
+    /// Gets that found their key, counted by the owner. A get of one of the first
+    /// [`PROC_NS`](super::PROC_NS) named namespaces counts in that namespace's word
+    /// below instead (one atomic add per get); the totals add those words.
     pub const HITS: usize = 1;
-    /// Gets that did not.
+    /// Gets that did not (counted as for `HITS`).
     pub const MISSES: usize = 2;
     /// Memoized calls answered from the cache (memo statistics slot 0's hits).
     pub const MEMO_HITS: usize = 3;

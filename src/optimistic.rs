@@ -4,7 +4,7 @@
 //! view was inconsistent, or the entry has expired (the locked path reclaims it).
 
 use crate::cache::Cache;
-use crate::clock::monotonic_ns;
+use crate::clock::expired;
 use crate::layout::{Record, TAG_LEN};
 use crate::namespace::Routed;
 use crate::table::{optimistic, SharedShard, Torn};
@@ -32,7 +32,7 @@ impl Cache {
         let found = optimistic(seg.shard_version(k.shard), || match shared.find(key)? {
             None => Ok(None),
             Some((r, rec)) => {
-                if rec.expires_at != 0 && *now.get_or_insert_with(monotonic_ns) >= rec.expires_at {
+                if rec.expires_at != 0 && expired(rec.expires_at, &mut now) {
                     return Err(Torn);
                 }
                 Ok(Some((r, hit(&shared, r, &rec)?)))

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use nix::unistd::Pid;
 use shmemcache::fault::{self, FaultAction, FaultPoint};
-use shmemcache::{Cache, ComputeOptions, Error, Memo, Options};
+use shmemcache::{Cache, ComputeOptions, Error, Memo, Options, Recency};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
@@ -390,6 +390,34 @@ fn namespace_hits_and_misses_of_processes_that_exited() {
     let all = cache.stats().unwrap().total;
     let default = cache.namespace_stats().unwrap();
     assert_eq!(default.hits, all.hits - (1..=8).map(|i| i * 6).sum::<u64>());
+    // Each get counted once in the totals, whichever word it went to.
+    assert_eq!(all.hits, (1..=8).map(|i| i * 6).sum::<u64>());
+    assert_eq!(all.misses, 8 * 3);
+    assert_eq!((default.hits, default.misses), (0, 0));
+}
+
+#[test]
+fn locked_gets_of_a_namespace_count_once() {
+    let name = Name::new("ns-locked-counts");
+    // Strict LRU: every get takes the shard lock.
+    let cache = Options::new()
+        .capacity_bytes(1 << 20)
+        .recency(Recency::Exact)
+        .create(&name)
+        .unwrap();
+    let ns = cache.namespace("locked").unwrap();
+    ns.set(b"k", b"v").unwrap();
+    for _ in 0..5 {
+        assert!(ns.get(b"k").unwrap().is_some());
+    }
+    let mut buf = [0u8; 8];
+    assert_eq!(ns.get_into(b"k", &mut buf).unwrap(), Some(1));
+    assert!(ns.get(b"absent").unwrap().is_none());
+    let all = cache.stats().unwrap().total;
+    assert_eq!((all.hits, all.misses), (6, 1));
+    let own = ns.namespace_stats().unwrap();
+    assert_eq!((own.hits, own.misses), (6, 1));
+    assert_eq!(cache.namespace_stats().unwrap().hits, 0);
 }
 
 #[test]
