@@ -10,8 +10,8 @@ use crate::sys::fork;
 use crate::sys::robust::LockError;
 use crate::sys::segment::{OpenMode, OpenParams, Segment};
 use crate::table::{
-    key_hash, CheckScratch, Deadline, Incr, Now, RepairReport, ShardView, StoreMode, Stored,
-    TableError,
+    key_hash, tagged_key_hash, CheckScratch, Deadline, Incr, Now, RepairReport, ShardView,
+    StoreMode, Stored, TableError,
 };
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -885,7 +885,10 @@ impl Cache {
         } else {
             KeyBytes::tagged(self.ns as u32, gen, key)
         };
-        let h = key_hash(self.geom.hash_seed, bytes.get());
+        let h = match bytes {
+            KeyBytes::Borrowed(_) => key_hash(self.geom.hash_seed, key),
+            _ => tagged_key_hash(self.geom.hash_seed, self.ns as u32, gen, key),
+        };
         let shard = self.geom.shard_of(h);
         self.seg.prefetch_index(shard, h as u32);
         Ok(Routed {

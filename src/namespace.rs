@@ -17,20 +17,34 @@ use crate::persist::Persistence;
 use crate::table::{Key, Now, Scope};
 use std::sync::atomic::Ordering;
 
+/// Tagged keys up to this many bytes (tag included) are built on the stack.
+const INLINE_TAGGED: usize = 64;
+
 /// A key's stored bytes: the caller's own, or tagged with a namespace and generation.
-/// Kept small (two words and a tag), so routing a plain key moves little; a tagged key is
-/// built on the heap.
+/// A short tagged key is built inline (a heap allocation and free cost about as much as
+/// the rest of a get's namespace work), a long one on the heap.
 pub(crate) enum KeyBytes<'k> {
     Borrowed(&'k [u8]),
+    Inline { len: u8, buf: [u8; INLINE_TAGGED] },
     Tagged(Vec<u8>),
 }
 
 impl<'k> KeyBytes<'k> {
     /// `key` behind the tag of namespace slot `ns` at generation `gen`.
+    #[inline]
     pub(crate) fn tagged(ns: u32, gen: u64, key: &[u8]) -> KeyBytes<'k> {
-        let mut v = Vec::with_capacity(TAG_LEN + key.len());
-        v.extend_from_slice(&ns.to_le_bytes());
-        v.extend_from_slice(&gen.to_le_bytes());
+        let len = TAG_LEN + key.len();
+        if len <= INLINE_TAGGED {
+            let mut buf = [0u8; INLINE_TAGGED];
+            buf[..TAG_LEN].copy_from_slice(&tag(ns as usize, gen));
+            buf[TAG_LEN..len].copy_from_slice(key);
+            return KeyBytes::Inline {
+                len: len as u8,
+                buf,
+            };
+        }
+        let mut v = Vec::with_capacity(len);
+        v.extend_from_slice(&tag(ns as usize, gen));
         v.extend_from_slice(key);
         KeyBytes::Tagged(v)
     }
@@ -39,6 +53,7 @@ impl<'k> KeyBytes<'k> {
     pub(crate) fn get(&self) -> &[u8] {
         match self {
             KeyBytes::Borrowed(k) => k,
+            KeyBytes::Inline { len, buf } => &buf[..*len as usize],
             KeyBytes::Tagged(v) => v,
         }
     }

@@ -69,7 +69,7 @@ const UNDO_HEAD: usize = crate::layout::UNDO_EXTRA;
 pub struct Key<'a> {
     /// The stored key bytes.
     pub bytes: &'a [u8],
-    /// Low 32 bits of [`key_hash`] of `bytes`.
+    /// Low 32 bits of [`stored_key_hash`] of `bytes`.
     pub hash: u32,
     /// A namespace's key ([`crate::layout::REC_TAGGED`]).
     pub tagged: bool,
@@ -87,10 +87,44 @@ impl<'a> Key<'a> {
     }
 }
 
-/// The 64-bit key hash shared by every process attached to a segment.
+/// The 64-bit hash of an untagged key, shared by every process attached to a segment.
 #[inline]
 pub fn key_hash(seed: u64, key: &[u8]) -> u64 {
     xxh3_64_with_seed(key, seed)
+}
+
+/// The hash of a namespace's key: the caller's `key` hashed under a seed mixed from the
+/// segment's and the tag's namespace slot `ns` and generation `gen`. A lookup hashes the
+/// caller's bytes only (a hash over the tag-prefixed copy costs more than the rest of
+/// the namespace's work: a longer input and loads from bytes just stored), and each
+/// generation still spreads its keys over other buckets than the last one's.
+#[inline]
+pub fn tagged_key_hash(seed: u64, ns: u32, gen: u64, key: &[u8]) -> u64 {
+    xxh3_64_with_seed(key, tag_seed(seed, ns, gen))
+}
+
+/// The xxh3 seed of the keys of namespace slot `ns` at generation `gen`.
+#[inline]
+pub fn tag_seed(seed: u64, ns: u32, gen: u64) -> u64 {
+    // splitmix64's finalizer: every bit of (ns, gen) reaches every bit of the seed.
+    let mut z = seed ^ gen.wrapping_add(u64::from(ns).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The hash of key bytes as stored: [`tagged_key_hash`] of a tagged key's parts, else
+/// [`key_hash`]. (A tagged key too short for its tag hashes as untagged bytes, so it
+/// fails validation instead of passing it.)
+pub fn stored_key_hash(seed: u64, stored: &[u8], tagged: bool) -> u64 {
+    match (tagged, stored.get(..4), stored.get(4..TAG_LEN)) {
+        (true, Some(ns), Some(gen)) => {
+            let ns = u32::from_le_bytes(ns.try_into().unwrap_or_default());
+            let gen = u64::from_le_bytes(gen.try_into().unwrap_or_default());
+            tagged_key_hash(seed, ns, gen, &stored[TAG_LEN..])
+        }
+        _ => key_hash(seed, stored),
+    }
 }
 
 /// A point in time on `CLOCK_MONOTONIC` (ns), read at most once per operation and only
@@ -591,7 +625,7 @@ mod tests {
         fn key(seed: u64, b: &[u8]) -> Key<'_> {
             Key {
                 bytes: b,
-                hash: key_hash(seed, b) as u32,
+                hash: stored_key_hash(seed, b, true) as u32,
                 tagged: true,
             }
         }

@@ -272,13 +272,24 @@ impl ShardView<'_> {
         // key and value and the stored checksum after them. Nothing is allocated.
         let key_len = rec.key_len as usize;
         let kv = Self::entry_len(&rec);
-        let mut key_h = Xxh3::with_seed(self.seed);
+        // A tagged key hashes its bytes after the tag, under the tag's seed.
+        let (key_from, key_seed) = match rec.tagged() {
+            false => (0, self.seed),
+            true => match self.tag_of(r, &rec) {
+                Ok((ns, gen)) => (TAG_LEN, tag_seed(self.seed, ns as u32, gen)),
+                Err(_) => {
+                    self.unmark_prefix(r, marked);
+                    return Err("tagged key shorter than its tag".into());
+                }
+            },
+        };
+        let mut key_h = Xxh3::with_seed(key_seed);
         let mut sum_h = Xxh3::with_seed(self.seed ^ CHECKSUM_SEED);
         let mut stored = [0u8; CHECKSUM_LEN];
         let whole = self.marked_walk(r, kv + self.trailer, |at, p| {
             let end = at + p.len();
-            if at < key_len {
-                key_h.update(&p[..key_len.min(end) - at]);
+            if at.max(key_from) < key_len.min(end) {
+                key_h.update(&p[at.max(key_from) - at..key_len.min(end) - at]);
             }
             if at < kv {
                 sum_h.update(&p[..kv.min(end) - at]);

@@ -173,7 +173,7 @@ impl ShardView<'_> {
                 scratch.key.clear();
                 self.read_key(i, &mut scratch.key)
                     .map_err(|e| format!("entry {i}: {e:?}"))?;
-                if key_hash(self.seed, &scratch.key) as u32 != rec.hash {
+                if stored_key_hash(self.seed, &scratch.key, rec.tagged()) as u32 != rec.hash {
                     return Err(format!("entry {i} hash does not match its key"));
                 }
                 let k = Key {
