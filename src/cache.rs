@@ -896,6 +896,7 @@ impl Cache {
             bytes,
             shard,
             hash: h as u32,
+            gen,
         })
     }
 
@@ -940,6 +941,7 @@ impl Cache {
     // ----- reads --------------------------------------------------------------------------
 
     /// The value of `key`, copied out; makes it most recently used.
+    #[inline]
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.get_as(key, true)
     }

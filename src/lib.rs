@@ -178,7 +178,7 @@ pub use error::{Error, Result, COORDINATION_LOCK};
 pub use listing::{list_segments, SegmentListing};
 pub use memo::{ComputeError, ComputeOptions, Memo, MemoStats, MemoValue, OnError, Ttl};
 pub use name::{validate_name, MAX_NAME_LEN};
-pub use namespace::{NamespaceInfo, NamespaceStats};
+pub use namespace::{GetCounts, NamespaceInfo, NamespaceStats};
 pub use persist::{Item, Persistence};
 pub use snapshot::{LoadMode, SnapshotReport, SNAPSHOT_VERSION};
 pub use sync::{CoordStats, LockGuard, OnceBusy, Pool};

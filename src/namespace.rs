@@ -65,6 +65,9 @@ pub(crate) struct Routed<'k> {
     pub(crate) shard: usize,
     pub(crate) hash: u32,
     pub(crate) tagged: bool,
+    /// The generation the tag names (0 untagged): kept apart from the bytes so checking
+    /// it again reads no byte just written.
+    pub(crate) gen: u64,
 }
 
 impl Routed<'_> {
@@ -84,6 +87,15 @@ fn tag(ns: usize, gen: u64) -> [u8; TAG_LEN] {
     t[..4].copy_from_slice(&(ns as u32).to_le_bytes());
     t[4..].copy_from_slice(&gen.to_le_bytes());
     t
+}
+
+/// A namespace's gets, counted by every process ([`Cache::get_counts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GetCounts {
+    /// Gets that found a value.
+    pub hits: u64,
+    /// Gets that did not.
+    pub misses: u64,
 }
 
 /// One namespace's figures ([`Cache::namespace_stats`]).
@@ -329,6 +341,37 @@ impl Cache {
         shared.wrapping_add(own)
     }
 
+    /// The hits and misses of this handle's namespace, every process's: the counters of
+    /// [`namespace_stats`](Self::namespace_stats) without its scan, so cheap enough to
+    /// poll. For the default namespace they are the cache's less the other namespaces'
+    /// (which reads every shard's counters).
+    ///
+    /// ```
+    /// # let name = format!("doc-get-counts-{}", std::process::id());
+    /// let cache = shmemcache::Cache::open(&name)?;
+    /// let users = cache.namespace("users")?;
+    /// users.set(b"1", b"alice")?;
+    /// users.get(b"1")?;
+    /// users.get(b"2")?;
+    /// assert_eq!(users.get_counts()?, shmemcache::GetCounts { hits: 1, misses: 1 });
+    /// # shmemcache::Cache::unlink(&name)?;
+    /// # Ok::<(), shmemcache::Error>(())
+    /// ```
+    pub fn get_counts(&self) -> Result<GetCounts> {
+        if self.ns != 0 {
+            return Ok(GetCounts {
+                hits: self.ns_gets(self.ns, true),
+                misses: self.ns_gets(self.ns, false),
+            });
+        }
+        let t = self.stats()?.total;
+        let others = |hit| (1..NS_SLOTS).map(|s| self.ns_gets(s, hit)).sum::<u64>();
+        Ok(GetCounts {
+            hits: t.hits.saturating_sub(others(true)),
+            misses: t.misses.saturating_sub(others(false)),
+        })
+    }
+
     /// This namespace's figures. Entries and bytes come from a scan of every shard (one
     /// bounded batch per lock hold); the counters from the namespace table. For the
     /// default namespace, hits, misses and sets are the cache's less the other
@@ -340,19 +383,11 @@ impl Cache {
                 .ns_word(s, w)
                 .map_or(0, |x| x.load(Ordering::Relaxed))
         };
-        let (mut hits, mut misses, mut sets) = (
-            self.ns_gets(self.ns, true),
-            self.ns_gets(self.ns, false),
-            word(self.ns, ns_word::SETS),
-        );
+        let GetCounts { hits, misses } = self.get_counts()?;
+        let mut sets = word(self.ns, ns_word::SETS);
         if self.ns == 0 {
-            let t = self.stats()?.total;
-            let others = |hit| (1..NS_SLOTS).map(|s| self.ns_gets(s, hit)).sum::<u64>();
-            hits = t.hits.saturating_sub(others(true));
-            misses = t.misses.saturating_sub(others(false));
-            sets = t
-                .sets
-                .saturating_sub((1..NS_SLOTS).map(|s| word(s, ns_word::SETS)).sum::<u64>());
+            let others = (1..NS_SLOTS).map(|s| word(s, ns_word::SETS)).sum::<u64>();
+            sets = self.stats()?.total.sets.saturating_sub(others);
         }
         Ok(NamespaceStats {
             name: self.ns_name(self.ns),

@@ -5,7 +5,7 @@
 
 use crate::cache::Cache;
 use crate::clock::expired;
-use crate::layout::{Record, TAG_LEN};
+use crate::layout::Record;
 use crate::namespace::Routed;
 use crate::table::{optimistic, SharedShard, Torn};
 use std::sync::atomic::Ordering;
@@ -51,17 +51,12 @@ impl Cache {
     }
 
     /// Whether the generation in `k`'s tag is still its namespace's current one.
+    #[inline]
     fn generation_unchanged(&self, k: &Routed) -> bool {
-        let b = k.key().bytes;
-        let (Some(ns), Some(gen)) = (b.get(..4), b.get(4..TAG_LEN)) else {
-            return false;
-        };
-        let ns = u32::from_le_bytes(ns.try_into().unwrap_or_default()) as usize;
-        let gen = u64::from_le_bytes(gen.try_into().unwrap_or_default());
         self.seg
             .ns_gens()
-            .get(ns)
-            .is_some_and(|g| g.load(Ordering::Acquire) == gen)
+            .get(self.ns)
+            .is_some_and(|g| g.load(Ordering::Acquire) == k.gen)
     }
 
     /// The value of `k` copied into a new vector, without the lock. Recency is promoted

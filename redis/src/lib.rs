@@ -48,7 +48,7 @@ pub use coord::{RemoteLockGuard, RemoteOnceBusy, RemotePool, RemoteSlot};
 pub use memo::{RemoteCompute, RemoteComputeError};
 pub use typed::TieredTyped;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -149,11 +149,10 @@ impl TierOptions {
     }
 }
 
-/// Counters of a tier. The first five are this process's; the rest are machine-wide
-/// (kept in the segment).
+/// Counters of a tier on this machine: every process's, kept in the segment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TierStats {
-    /// Gets served by L1.
+    /// Gets served by L1 (the hits of the tier's L1 namespace).
     pub l1_hits: u64,
     /// Gets that missed L1 and found the key in Redis.
     pub l2_hits: u64,
@@ -174,8 +173,13 @@ pub struct TierStats {
     pub subscriber_pid: Option<u32>,
 }
 
-/// Machine-wide counters, in the tier's meta namespace.
+/// Machine-wide counters, in the tier's meta namespace. (L1 hits are the L1 namespace's
+/// own hit count: an L1 hit writes nothing more than a plain get does.)
 pub(crate) mod stat {
+    pub const L2_HITS: &[u8] = b"stat:l2-hits";
+    pub const MISSES: &[u8] = b"stat:misses";
+    pub const WRITES: &[u8] = b"stat:writes";
+    pub const REDIS_ERRORS: &[u8] = b"stat:redis-errors";
     pub const INVALIDATIONS: &[u8] = b"stat:invalidations";
     pub const RESUBSCRIBED: &[u8] = b"stat:resubscribed";
     pub const ELECTIONS: &[u8] = b"stat:elections";
@@ -208,11 +212,6 @@ pub(crate) struct Inner {
     pub(crate) stop: AtomicBool,
     pub(crate) subscribed: AtomicBool,
     pub(crate) thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    l1_hits: AtomicU64,
-    l2_hits: AtomicU64,
-    misses: AtomicU64,
-    writes: AtomicU64,
-    redis_errors: AtomicU64,
 }
 
 impl Tiered {
@@ -241,11 +240,6 @@ impl Tiered {
             stop: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
             thread: Mutex::new(None),
-            l1_hits: AtomicU64::new(0),
-            l2_hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-            writes: AtomicU64::new(0),
-            redis_errors: AtomicU64::new(0),
         });
         let t = Tiered { inner };
         t.inner.ensure_subscriber();
@@ -253,9 +247,9 @@ impl Tiered {
     }
 
     /// The value of `key`: from L1, else from Redis (filling L1), else `None`.
+    #[inline]
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         if let Some(v) = self.inner.l1.get(key)? {
-            self.inner.l1_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(v));
         }
         // A forked child starts its own subscriber thread on first use.
@@ -283,11 +277,11 @@ impl Tiered {
         let shared = |k: &[u8]| -> Result<u64> { Ok(i.meta.incr(k, 0)?.max(0) as u64) };
         let pid = shared(stat::SUBSCRIBER)? as u32;
         Ok(TierStats {
-            l1_hits: i.l1_hits.load(Ordering::Relaxed),
-            l2_hits: i.l2_hits.load(Ordering::Relaxed),
-            misses: i.misses.load(Ordering::Relaxed),
-            writes: i.writes.load(Ordering::Relaxed),
-            redis_errors: i.redis_errors.load(Ordering::Relaxed),
+            l1_hits: i.l1.get_counts()?.hits,
+            l2_hits: shared(stat::L2_HITS)?,
+            misses: shared(stat::MISSES)?,
+            writes: shared(stat::WRITES)?,
+            redis_errors: shared(stat::REDIS_ERRORS)?,
             invalidations: shared(stat::INVALIDATIONS)?,
             resubscribed: shared(stat::RESUBSCRIBED)?,
             elections: shared(stat::ELECTIONS)?,
@@ -380,6 +374,12 @@ impl Inner {
         Ok(self.meta.incr(&Self::stripe(key), 1)?)
     }
 
+    /// Adds one to machine-wide counter `which`. (A counter that cannot be bumped, on a
+    /// cache that fails, is not worth failing the operation it counts.)
+    fn count(&self, which: &[u8]) {
+        let _ = self.meta.incr(which, 1);
+    }
+
     /// Runs `f` on this process's connection, opening it if needed; drops a connection
     /// that failed, so the next operation reconnects.
     pub(crate) fn with_conn<T>(
@@ -395,7 +395,7 @@ impl Inner {
             match self.connect() {
                 Ok(c) => *slot = Some((pid, c)),
                 Err(e) => {
-                    self.redis_errors.fetch_add(1, Ordering::Relaxed);
+                    self.count(stat::REDIS_ERRORS);
                     return Err(e.into());
                 }
             }
@@ -404,7 +404,7 @@ impl Inner {
         match f(conn) {
             Ok(v) => Ok(v),
             Err(e) => {
-                self.redis_errors.fetch_add(1, Ordering::Relaxed);
+                self.count(stat::REDIS_ERRORS);
                 if e.is_io_error()
                     || e.is_timeout()
                     || e.is_connection_dropped()
@@ -440,10 +440,10 @@ impl Inner {
                 .query(c)
         })?;
         let Some(value) = value else {
-            self.misses.fetch_add(1, Ordering::Relaxed);
+            self.count(stat::MISSES);
             return Ok(None);
         };
-        self.l2_hits.fetch_add(1, Ordering::Relaxed);
+        self.count(stat::L2_HITS);
         // -1: no expiry in Redis; -2: gone since the GET, 0: about to go (served, not
         // kept).
         if pttl == 0 || pttl < -1 {
@@ -500,7 +500,7 @@ impl Inner {
                 return Err(e);
             }
         };
-        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.count(stat::WRITES);
         let mine = self.bump(key)?;
         match change {
             Some((value, ttl)) => {

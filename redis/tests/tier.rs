@@ -96,6 +96,46 @@ fn read_through_write_through_and_invalidation_across_two_machines() {
     ));
 }
 
+/// Entry point of the reader process of `stats_count_every_process_of_the_machine`.
+#[test]
+#[ignore = "child process of stats_count_every_process_of_the_machine"]
+fn tier_reader_child() {
+    let (Ok(seg), Ok(url)) = (std::env::var("TIER_SEGMENT"), std::env::var("TIER_URL")) else {
+        return;
+    };
+    let cache = Cache::open(&seg).unwrap();
+    let tier = Tiered::new(&cache, &url, opts()).unwrap();
+    for _ in 0..3 {
+        assert_eq!(tier.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+    assert_eq!(tier.get(b"absent").unwrap(), None);
+}
+
+#[test]
+fn stats_count_every_process_of_the_machine() {
+    let Some(redis) = Redis::start() else { return };
+    let sa = Segment::new("a");
+    let ca = sa.open();
+    let a = Tiered::new(&ca, &redis.url(), opts()).unwrap();
+    // Subscribed first: a (re)subscription drops L1, which would turn the hits below
+    // into Redis reads.
+    assert!(wait_for(Duration::from_secs(10), || a.is_subscriber()).is_some());
+    a.set(b"k", b"v", None).unwrap();
+    let url = redis.url();
+    let env = [("TIER_SEGMENT", sa.0.as_str()), ("TIER_URL", url.as_str())];
+    let status = spawn_child("tier_reader_child", &env).wait().unwrap();
+    assert!(status.success(), "reader: {status:?}");
+    let s = a.stats().unwrap();
+    // The reader's three L1 hits and one miss, this process's one write.
+    assert_eq!(
+        (s.l1_hits, s.l2_hits, s.misses, s.writes),
+        (3, 0, 1, 1),
+        "{s:?}"
+    );
+    assert_eq!(s.redis_errors, 0);
+    assert_eq!(s.subscriber_pid, Some(std::process::id()));
+}
+
 /// Entry point of the child processes of the takeover test: joins machine A's tier and
 /// idles until killed. Run only when the parent test starts it.
 #[test]
