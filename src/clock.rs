@@ -1,15 +1,14 @@
 //! The clock entries expire on: `CLOCK_MONOTONIC`, the same in every process of one boot
 //! (unlike `Instant`, whose value cannot be shared, or wall time, which jumps).
 
-use nix::time::{clock_gettime, ClockId};
+use crate::sys::clock::read_ns;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Nanoseconds on `CLOCK_MONOTONIC`, never 0 (0 means "no deadline" in a record).
+#[inline]
 pub fn monotonic_ns() -> u64 {
-    let t = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is always available");
-    (t.tv_sec() as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(t.tv_nsec() as u64)
+    read_ns(libc::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available")
         .max(1)
 }
 
@@ -40,12 +39,7 @@ pub fn expired(deadline: u64, precise: &mut Option<u64>) -> bool {
 /// Nanoseconds on `CLOCK_MONOTONIC_COARSE` (see [`COARSE_MARGIN_NS`]).
 #[inline]
 fn coarse_ns() -> Option<u64> {
-    let t = clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE).ok()?;
-    Some(
-        (t.tv_sec() as u64)
-            .saturating_mul(1_000_000_000)
-            .saturating_add(t.tv_nsec() as u64),
-    )
+    read_ns(libc::CLOCK_MONOTONIC_COARSE)
 }
 
 /// Nanoseconds since the Unix epoch (display only).

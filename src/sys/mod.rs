@@ -1,8 +1,9 @@
 //! The few places that talk to the OS through raw pointers or syscalls: the mapped segment,
-//! the robust process-shared mutex, futexes, process identity, the fork hook, and files
-//! replaced atomically.
+//! the robust process-shared mutex, futexes, process identity, the fork hook, files
+//! replaced atomically, and clock reads.
 //! Everything above works on slices.
 
+pub mod clock;
 pub mod file;
 pub mod fork;
 pub mod futex;
