@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::fault::{self, FaultPoint};
 use crate::layout::{Geometry, ShardMeta};
 use crate::name::validate_name;
-use crate::namespace::{KeyBytes, Routed};
+use crate::namespace::Routed;
 use crate::sys::fork;
 use crate::sys::robust::LockError;
 use crate::sys::segment::{OpenMode, OpenParams, Segment};
@@ -880,24 +880,18 @@ impl Cache {
         if key.len() > self.geom.max_key_len as usize {
             return Err(self.key_too_large(key.len()));
         }
-        let bytes = if self.ns == 0 && gen == 0 {
-            KeyBytes::Borrowed(key)
+        let (tag, h) = if self.ns == 0 && gen == 0 {
+            (None, key_hash(self.geom.hash_seed, key))
         } else {
-            KeyBytes::tagged(self.ns as u32, gen, key)
-        };
-        let h = match bytes {
-            KeyBytes::Borrowed(_) => key_hash(self.geom.hash_seed, key),
-            _ => tagged_key_hash(self.geom.hash_seed, self.ns as u32, gen, key),
+            let ns = self.ns as u32;
+            (
+                Some((ns, gen)),
+                tagged_key_hash(self.geom.hash_seed, ns, gen, key),
+            )
         };
         let shard = self.geom.shard_of(h);
         self.seg.prefetch_index(shard, h as u32);
-        Ok(Routed {
-            tagged: !matches!(bytes, KeyBytes::Borrowed(_)),
-            bytes,
-            shard,
-            hash: h as u32,
-            gen,
-        })
+        Ok(Routed::new(key, tag, shard, h as u32))
     }
 
     #[cold]

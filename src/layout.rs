@@ -529,6 +529,7 @@ pub const PROC_MEMO: usize = 8;
 
 /// The per-process counter word of namespace slot `ns`'s hits (or misses), if that
 /// namespace is counted per process.
+#[inline]
 pub fn proc_ns_word(ns: usize, hit: bool) -> Option<usize> {
     (1..=PROC_NS)
         .contains(&ns)

@@ -14,7 +14,8 @@ use crate::clock::monotonic_ns;
 use crate::error::{Error, Result};
 use crate::layout::{ns_word, NS_NAME_MAX, NS_SLOTS, TAG_LEN};
 use crate::persist::Persistence;
-use crate::table::{Key, Now, Scope};
+use crate::table::{Key, Now, Probe, Scope};
+use std::cell::OnceCell;
 use std::sync::atomic::Ordering;
 
 /// Tagged keys up to this many bytes (tag included) are built on the stack.
@@ -30,13 +31,12 @@ pub(crate) enum KeyBytes<'k> {
 }
 
 impl<'k> KeyBytes<'k> {
-    /// `key` behind the tag of namespace slot `ns` at generation `gen`.
-    #[inline]
-    pub(crate) fn tagged(ns: u32, gen: u64, key: &[u8]) -> KeyBytes<'k> {
+    /// `key` behind `tag`.
+    fn tagged(tag: &[u8; TAG_LEN], key: &[u8]) -> KeyBytes<'k> {
         let len = TAG_LEN + key.len();
         if len <= INLINE_TAGGED {
             let mut buf = [0u8; INLINE_TAGGED];
-            buf[..TAG_LEN].copy_from_slice(&tag(ns as usize, gen));
+            buf[..TAG_LEN].copy_from_slice(tag);
             buf[TAG_LEN..len].copy_from_slice(key);
             return KeyBytes::Inline {
                 len: len as u8,
@@ -44,13 +44,13 @@ impl<'k> KeyBytes<'k> {
             };
         }
         let mut v = Vec::with_capacity(len);
-        v.extend_from_slice(&tag(ns as usize, gen));
+        v.extend_from_slice(tag);
         v.extend_from_slice(key);
         KeyBytes::Tagged(v)
     }
 
     #[inline]
-    pub(crate) fn get(&self) -> &[u8] {
+    fn get(&self) -> &[u8] {
         match self {
             KeyBytes::Borrowed(k) => k,
             KeyBytes::Inline { len, buf } => &buf[..*len as usize],
@@ -59,24 +59,60 @@ impl<'k> KeyBytes<'k> {
     }
 }
 
-/// A key routed to its shard, in the form the table stores it.
+/// A key routed to its shard. Its stored form (tag and key in one buffer) is built only
+/// when a locked operation asks for it: a lock-free read compares the two parts apart.
 pub(crate) struct Routed<'k> {
-    pub(crate) bytes: KeyBytes<'k>,
+    user: &'k [u8],
+    tag: Option<[u8; TAG_LEN]>,
+    stored: OnceCell<KeyBytes<'k>>,
     pub(crate) shard: usize,
     pub(crate) hash: u32,
-    pub(crate) tagged: bool,
-    /// The generation the tag names (0 untagged): kept apart from the bytes so checking
-    /// it again reads no byte just written.
+    /// The generation the tag names (0 untagged).
     pub(crate) gen: u64,
 }
 
-impl Routed<'_> {
+impl<'k> Routed<'k> {
+    /// `user`, of namespace slot `ns` at generation `gen` (`None`: stored as it is).
+    #[inline]
+    pub(crate) fn new(user: &'k [u8], tag: Option<(u32, u64)>, shard: usize, hash: u32) -> Self {
+        Routed {
+            user,
+            tag: tag.map(|(ns, gen)| self::tag(ns as usize, gen)),
+            stored: OnceCell::new(),
+            shard,
+            hash,
+            gen: tag.map_or(0, |(_, g)| g),
+        }
+    }
+
+    /// Whether the key carries a namespace tag.
+    #[inline]
+    pub(crate) fn tagged(&self) -> bool {
+        self.tag.is_some()
+    }
+
+    /// The key as stored (built on first use).
     #[inline]
     pub(crate) fn key(&self) -> Key<'_> {
+        let bytes = self.stored.get_or_init(|| match &self.tag {
+            None => KeyBytes::Borrowed(self.user),
+            Some(t) => KeyBytes::tagged(t, self.user),
+        });
         Key {
-            bytes: self.bytes.get(),
+            bytes: bytes.get(),
             hash: self.hash,
-            tagged: self.tagged,
+            tagged: self.tag.is_some(),
+        }
+    }
+
+    /// The key in its two parts, for a lock-free lookup.
+    #[inline]
+    pub(crate) fn probe(&self) -> Probe<'_> {
+        Probe {
+            prefix: self.tag.as_ref().map_or(&[][..], |t| &t[..]),
+            key: self.user,
+            hash: self.hash,
+            tagged: self.tag.is_some(),
         }
     }
 }

@@ -27,18 +27,20 @@ impl Cache {
             seg.shard_marks(k.shard),
             &self.geom,
         );
-        let key = k.key();
+        let key = k.probe();
         let mut now = None;
-        let found = optimistic(seg.shard_version(k.shard), || match shared.find(key)? {
-            None => Ok(None),
-            Some((r, rec)) => {
-                if rec.expires_at != 0 && expired(rec.expires_at, &mut now) {
-                    return Err(Torn);
+        let found = optimistic(seg.shard_version(k.shard), || {
+            match shared.find_probe(key)? {
+                None => Ok(None),
+                Some((r, rec)) => {
+                    if rec.expires_at != 0 && expired(rec.expires_at, &mut now) {
+                        return Err(Torn);
+                    }
+                    Ok(Some((r, hit(&shared, r, &rec)?)))
                 }
-                Ok(Some((r, hit(&shared, r, &rec)?)))
             }
         })?;
-        if k.tagged && !self.generation_unchanged(k) {
+        if k.tagged() && !self.generation_unchanged(k) {
             // Invalidated while we read: what we found may belong to the old generation.
             return None;
         }
@@ -66,17 +68,12 @@ impl Cache {
         if self.geom.exact_lru {
             return None;
         }
-        let key = k.key().bytes;
         let mut out = Vec::new();
         let found = self.read_unlocked(k, true, |sh, r, rec| {
             out.clear();
             out.resize(rec.value_len as usize, 0);
             sh.copy_value(r, rec, &mut out)?;
-            match sh.checksum_ok(r, key, &out)? {
-                true => Ok(()),
-                // Damage or a torn read: the locked path tells which (and drops the entry).
-                false => Err(Torn),
-            }
+            checked(sh, r, k, &out)
         })?;
         Some(found.map(|()| out))
     }
@@ -87,18 +84,26 @@ impl Cache {
         if self.geom.exact_lru {
             return None;
         }
-        let key = k.key().bytes;
         self.read_unlocked(k, true, |sh, r, rec| {
             let len = rec.value_len as usize;
             if let Some(dst) = buf.get_mut(..len) {
                 sh.copy_value(r, rec, dst)?;
-                if !sh.checksum_ok(r, key, dst)? {
-                    return Err(Torn);
-                }
+                checked(sh, r, k, dst)?;
             }
             Ok(len)
         })
     }
+}
+
+/// With checksums on, whether entry `r`'s checksum matches `k` (in its stored form, built
+/// only then) and the `value` copied out of it: a mismatch is damage or a torn read, which
+/// the locked path tells apart (and drops the entry if damaged).
+#[inline]
+fn checked(sh: &SharedShard, r: u32, k: &Routed, value: &[u8]) -> Result<(), Torn> {
+    if sh.has_checksums() && !sh.checksum_ok(r, k.key().bytes, value)? {
+        return Err(Torn);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -106,6 +111,32 @@ mod tests {
     use crate::table::TableError;
     use crate::{Cache, Options};
     use std::sync::atomic::Ordering;
+
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn tagged_keys_with_checksums_are_read_without_the_lock() {
+        let name = format!("shmc-unit-{}-tagged-sums", std::process::id());
+        let cache = Options::new()
+            .capacity_bytes(1 << 20)
+            .shards(1)
+            .checksums(true)
+            .create(&name)
+            .unwrap();
+        // The default namespace after an invalidation tags its keys, and its locked gets
+        // count in the shard: a hit there would mean the lock-free read gave up.
+        cache.invalidate().unwrap();
+        let long = vec![b'k'; 200];
+        for key in [&b"k"[..], &long] {
+            cache.set(key, b"value").unwrap();
+            assert_eq!(cache.get(key).unwrap().as_deref(), Some(&b"value"[..]));
+            let mut buf = [0u8; 8];
+            assert_eq!(cache.get_into(key, &mut buf).unwrap(), Some(5));
+        }
+        let st = cache.stats().unwrap();
+        assert_eq!(st.total.hits, 4);
+        assert_eq!(st.shards[0].hits, 0, "a get took the lock");
+        Cache::unlink(&name).unwrap();
+    }
 
     #[test]
     #[cfg_attr(miri, ignore)]

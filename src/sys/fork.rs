@@ -26,6 +26,7 @@ pub fn install() {
 
 /// How many `fork()`s separate this process from the first one that installed the hook.
 /// A handle made in generation `g` is in a child when this differs from `g`.
+#[inline]
 pub fn generation() -> u64 {
     install();
     GENERATION.load(Ordering::Relaxed)

@@ -788,6 +788,7 @@ impl Segment {
 
 impl Segment {
     /// The namespace generations: word `i` is namespace slot `i`'s current generation.
+    #[inline]
     pub fn ns_gens(&self) -> &[AtomicU64] {
         self.atomic_words_at(self.geom.ns_offset, crate::layout::NS_SLOTS)
     }
@@ -803,12 +804,14 @@ impl Segment {
     }
 
     /// This mapping's claim on a per-process counter slot (see `crate::counters`).
+    #[inline]
     pub fn proc_claim(&self) -> &AtomicU64 {
         &self.proc_claim
     }
 
     /// The per-process counter table: word `w` of slot `s` is element `s * PROC_WORDS + w`
     /// (empty if the mapping is too short).
+    #[inline]
     pub fn proc_words(&self) -> &[AtomicU64] {
         use crate::layout::{PROC_SLOTS, PROC_WORDS};
         self.atomic_words_at(self.geom.counters_offset, PROC_SLOTS * PROC_WORDS)

@@ -87,6 +87,32 @@ impl<'a> Key<'a> {
     }
 }
 
+/// A key as a lock-free lookup compares it: `prefix` (a namespace tag, or nothing) then
+/// `key`, never copied into one buffer (building the stored form costs a get more than
+/// comparing it in two parts).
+#[derive(Clone, Copy)]
+pub struct Probe<'a> {
+    /// Bytes the stored key starts with.
+    pub prefix: &'a [u8],
+    /// The rest of the stored key.
+    pub key: &'a [u8],
+    /// As [`Key::hash`].
+    pub hash: u32,
+    /// As [`Key::tagged`].
+    pub tagged: bool,
+}
+
+impl<'a> From<Key<'a>> for Probe<'a> {
+    fn from(k: Key<'a>) -> Probe<'a> {
+        Probe {
+            prefix: &[],
+            key: k.bytes,
+            hash: k.hash,
+            tagged: k.tagged,
+        }
+    }
+}
+
 /// The 64-bit hash of an untagged key, shared by every process attached to a segment.
 #[inline]
 pub fn key_hash(seed: u64, key: &[u8]) -> u64 {
@@ -106,11 +132,11 @@ pub fn tagged_key_hash(seed: u64, ns: u32, gen: u64, key: &[u8]) -> u64 {
 /// The xxh3 seed of the keys of namespace slot `ns` at generation `gen`.
 #[inline]
 pub fn tag_seed(seed: u64, ns: u32, gen: u64) -> u64 {
-    // splitmix64's finalizer: every bit of (ns, gen) reaches every bit of the seed.
-    let mut z = seed ^ gen.wrapping_add(u64::from(ns).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    // Two independent multiplies, not a chain of them: this sits before the hash on every
+    // namespaced lookup's critical path. Enough, as xxh3 adds its seed into every input
+    // word and then multiplies and avalanches: seeds apart in any bit give unrelated hashes.
+    seed ^ gen.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ u64::from(ns).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
 }
 
 /// The hash of key bytes as stored: [`tagged_key_hash`] of a tagged key's parts, else

@@ -246,8 +246,16 @@ impl<'a> SharedShard<'a> {
     /// Finds `key`'s entry: its head chunk and record. Only a live record is reported;
     /// a chain longer than the shard can hold is [`Torn`].
     #[inline]
+    #[cfg_attr(not(any(test, feature = "test-support")), allow(dead_code))]
     pub fn find(&self, k: Key) -> SResult<Option<(u32, Record)>> {
+        self.find_probe(k.into())
+    }
+
+    /// [`find`](Self::find) of a key given in two parts.
+    #[inline]
+    pub fn find_probe(&self, k: Probe) -> SResult<Option<(u32, Record)>> {
         let b = (k.hash & self.bucket_mask) as usize;
+        let len = k.prefix.len() + k.key.len();
         let mut i = self.u32_at(self.buckets_off + 4 * b)?;
         for _ in 0..=self.max_walk {
             if i == NIL {
@@ -256,12 +264,13 @@ impl<'a> SharedShard<'a> {
             let rec = self.record(i)?;
             if rec.hash == k.hash
                 && rec.tagged() == k.tagged
-                && rec.key_len as usize == k.bytes.len()
-                && self.key_eq(i, k.bytes)?
+                && rec.key_len as usize == len
+                && self.key_eq(i, 0, k.prefix)?
+                && self.key_eq(i, k.prefix.len(), k.key)?
             {
                 if rec.state & REC_STATE_MASK != REC_LIVE
                     || rec.value_len as usize > self.max_value
-                    || k.bytes.len() > self.max_key
+                    || len > self.max_key
                 {
                     return Err(Torn);
                 }
@@ -272,14 +281,21 @@ impl<'a> SharedShard<'a> {
         Err(Torn)
     }
 
+    /// Whether entry `i`'s key holds `want` from its byte `off` on.
     #[inline]
-    fn key_eq(&self, i: u32, key: &[u8]) -> SResult<bool> {
+    fn key_eq(&self, i: u32, off: usize, want: &[u8]) -> SResult<bool> {
         let mut eq = true;
-        self.pieces(i, 0, key.len(), |off, start, n| {
-            eq = self.equals(off, &key[start..start + n])?;
+        self.pieces(i, off, want.len(), |at, start, n| {
+            eq = self.equals(at, &want[start..start + n])?;
             Ok(eq)
         })?;
         Ok(eq)
+    }
+
+    /// Whether entries carry checksums (which cover the whole stored key).
+    #[inline]
+    pub fn has_checksums(&self) -> bool {
+        self.trailer != 0
     }
 
     /// Copies the value of entry `r` (record `rec`) into `dst`, which must be exactly its
