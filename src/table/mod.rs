@@ -119,24 +119,27 @@ pub fn key_hash(seed: u64, key: &[u8]) -> u64 {
     xxh3_64_with_seed(key, seed)
 }
 
-/// The hash of a namespace's key: the caller's `key` hashed under a seed mixed from the
-/// segment's and the tag's namespace slot `ns` and generation `gen`. A lookup hashes the
-/// caller's bytes only (a hash over the tag-prefixed copy costs more than the rest of
-/// the namespace's work: a longer input and loads from bytes just stored), and each
-/// generation still spreads its keys over other buckets than the last one's.
+/// The hash of a namespace's key: the caller's `key` hashed as an untagged key, then
+/// XORed with a word mixed from the tag's namespace slot `ns` and generation `gen`. A
+/// lookup hashes the caller's bytes only (a hash over a tag-prefixed copy cost more than
+/// the rest of the namespace's work: a longer input, and loads stalled on the stores that
+/// had just built it), while loading the generation in parallel, and each generation
+/// still sends a key to other buckets than the last one's.
 #[inline]
 pub fn tagged_key_hash(seed: u64, ns: u32, gen: u64, key: &[u8]) -> u64 {
-    xxh3_64_with_seed(key, tag_seed(seed, ns, gen))
+    key_hash(seed, key) ^ tag_word(ns, gen)
 }
 
-/// The xxh3 seed of the keys of namespace slot `ns` at generation `gen`.
+/// The word [`tagged_key_hash`] XORs into a key's hash: distinct generations differ in its
+/// low 32 bits (the bucket's and `Record::hash`'s), as the multiply by an odd constant is
+/// a bijection there. The key's own hash is uniform under the segment's random seed, so
+/// the XOR keeps it uniform.
 #[inline]
-pub fn tag_seed(seed: u64, ns: u32, gen: u64) -> u64 {
-    // Two independent multiplies, not a chain of them: this sits before the hash on every
-    // namespaced lookup's critical path. Enough, as xxh3 adds its seed into every input
-    // word and then multiplies and avalanches: seeds apart in any bit give unrelated hashes.
-    seed ^ gen.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ u64::from(ns).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+pub fn tag_word(ns: u32, gen: u64) -> u64 {
+    gen.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ u64::from(ns)
+            .wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+            .rotate_left(32)
 }
 
 /// The hash of key bytes as stored: [`tagged_key_hash`] of a tagged key's parts, else
@@ -633,6 +636,36 @@ mod tests {
         v.meta.undo = r;
         v.repair();
         assert_eq!(get(&mut v, &g, &k, 1), Some(vec![3; 100]));
+    }
+
+    #[test]
+    fn a_stored_tagged_key_hashes_as_its_lookup_did() {
+        let seed = 0x1234_5678_9abc_def0;
+        for (ns, gen, key) in [
+            (1u32, 0u64, &b"k"[..]),
+            (7, 3, b""),
+            (127, u64::MAX, &[9; 300]),
+        ] {
+            let mut stored = ns.to_le_bytes().to_vec();
+            stored.extend_from_slice(&gen.to_le_bytes());
+            stored.extend_from_slice(key);
+            assert_eq!(
+                stored_key_hash(seed, &stored, true),
+                tagged_key_hash(seed, ns, gen, key)
+            );
+            assert_eq!(stored_key_hash(seed, key, false), key_hash(seed, key));
+        }
+        // Each generation sends a key elsewhere (the low 32 bits pick bucket and record
+        // hash), and a namespace's key is not the default namespace's.
+        let hashes: std::collections::HashSet<u32> = (0..1000u64)
+            .map(|g| tagged_key_hash(seed, 1, g, b"key") as u32)
+            .collect();
+        assert_eq!(hashes.len(), 1000);
+        assert_ne!(tagged_key_hash(seed, 1, 0, b"k"), key_hash(seed, b"k"));
+        assert_ne!(
+            tagged_key_hash(seed, 1, 0, b"k"),
+            tagged_key_hash(seed, 2, 0, b"k")
+        );
     }
 
     #[test]

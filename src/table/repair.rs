@@ -272,18 +272,18 @@ impl ShardView<'_> {
         // key and value and the stored checksum after them. Nothing is allocated.
         let key_len = rec.key_len as usize;
         let kv = Self::entry_len(&rec);
-        // A tagged key hashes its bytes after the tag, under the tag's seed.
-        let (key_from, key_seed) = match rec.tagged() {
-            false => (0, self.seed),
+        // A tagged key hashes its bytes after the tag, then XORs in the tag's word.
+        let (key_from, tag) = match rec.tagged() {
+            false => (0, 0),
             true => match self.tag_of(r, &rec) {
-                Ok((ns, gen)) => (TAG_LEN, tag_seed(self.seed, ns as u32, gen)),
+                Ok((ns, gen)) => (TAG_LEN, tag_word(ns as u32, gen)),
                 Err(_) => {
                     self.unmark_prefix(r, marked);
                     return Err("tagged key shorter than its tag".into());
                 }
             },
         };
-        let mut key_h = Xxh3::with_seed(key_seed);
+        let mut key_h = Xxh3::with_seed(self.seed);
         let mut sum_h = Xxh3::with_seed(self.seed ^ CHECKSUM_SEED);
         let mut stored = [0u8; CHECKSUM_LEN];
         let whole = self.marked_walk(r, kv + self.trailer, |at, p| {
@@ -300,7 +300,7 @@ impl ShardView<'_> {
         });
         let problem = if !whole {
             Some("chunk chain is damaged")
-        } else if key_h.digest() as u32 != rec.hash {
+        } else if (key_h.digest() ^ tag) as u32 != rec.hash {
             Some("key does not match its hash")
         } else if self.trailer != 0 && sum_h.digest() != u64::from_le_bytes(stored) {
             Some("key and value do not match their checksum")
