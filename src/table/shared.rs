@@ -171,8 +171,13 @@ impl<'a> SharedShard<'a> {
                 return Ok(false);
             }
         }
-        let tail = eight(words, full, skip).to_le_bytes();
-        Ok(want[8 * full..].iter().zip(tail).all(|(a, b)| *a == b))
+        let rest = want.len() - 8 * full;
+        if rest == 0 {
+            return Ok(true);
+        }
+        // The last 1..=7 bytes in one masked compare, not a byte loop.
+        let mask = u64::MAX >> (64 - 8 * rest);
+        Ok((eight(words, full, skip) ^ tail_le(want, rest)) & mask == 0)
     }
 
     /// The record of the entry whose head chunk is `i`.
@@ -333,6 +338,37 @@ impl<'a> SharedShard<'a> {
     }
 }
 
+/// The last `rest` (1..=7) bytes of `b` as a little-endian integer, read as at most two
+/// overlapping loads from `b` (no copy into a buffer).
+#[inline(always)]
+fn tail_le(b: &[u8], rest: usize) -> u64 {
+    let n = b.len();
+    let u64_at = |i: usize| {
+        b.get(i..i + 8)
+            .and_then(|s| s.try_into().ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let u32_at = |i: usize| {
+        b.get(i..i + 4)
+            .and_then(|s| s.try_into().ok())
+            .map_or(0, |a| u64::from(u32::from_le_bytes(a)))
+    };
+    let u16_at = |i: usize| {
+        b.get(i..i + 2)
+            .and_then(|s| s.try_into().ok())
+            .map_or(0, |a| u64::from(u16::from_le_bytes(a)))
+    };
+    if n >= 8 {
+        return u64_at(n - 8) >> (8 * (8 - rest));
+    }
+    // `b` is shorter than a word, so it is all tail: `rest == n`.
+    match n {
+        4..=7 => u32_at(0) | (u32_at(n - 4) << (8 * (n - 4))),
+        2..=3 => u16_at(0) | (u16_at(n - 2) << (8 * (n - 2))),
+        _ => b.first().map_or(0, |&x| u64::from(x)),
+    }
+}
+
 /// Bytes `8 * j + skip ..` of the bytes `words` hold, as a little-endian `u64` (missing
 /// bytes past the end read as 0): one or two atomic loads.
 #[inline(always)]
@@ -350,6 +386,35 @@ fn eight(words: &[AtomicU64], j: usize, skip: usize) -> u64 {
 mod tests {
     use super::*;
     use crate::model::{small_geometry, HeapShard};
+
+    #[test]
+    fn equals_and_load_agree_with_the_bytes_at_every_offset_and_length() {
+        let mut s = HeapShard::new(small_geometry());
+        let bytes: Vec<u8> = (0..256u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        s.bytes_mut()[..256].copy_from_slice(&bytes);
+        let sh = s.shared();
+        let lens = if cfg!(miri) { 0..20 } else { 0..41 };
+        for off in 0..24 {
+            for len in lens.clone() {
+                let same = &bytes[off..off + len];
+                assert_eq!(sh.equals(off, same), Ok(true), "off {off} len {len}");
+                let mut copy = vec![0u8; len];
+                sh.load(off, &mut copy).unwrap();
+                assert_eq!(copy, same, "load at {off}, {len} bytes");
+                for at in 0..len {
+                    let mut other = same.to_vec();
+                    other[at] ^= 0x20;
+                    assert_eq!(
+                        sh.equals(off, &other),
+                        Ok(false),
+                        "off {off} len {len} at {at}"
+                    );
+                }
+            }
+        }
+    }
 
     fn set(s: &mut HeapShard, k: &[u8], v: &[u8], exp: u64) {
         let g = *s.geometry();
