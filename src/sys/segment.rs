@@ -224,7 +224,11 @@ impl Segment {
                      restores it"
                 )
             } else {
-                String::new()
+                format!(
+                    "; another build of shmemcache made it: once no process of that build \
+                     uses it, `shmemcache unlink {name}` removes it and the next open \
+                     creates a new one"
+                )
             };
             return Err(Error::Incompatible {
                 name: name.to_string(),
