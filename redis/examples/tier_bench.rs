@@ -25,10 +25,27 @@ fn per_op(rounds: u32, keys: &[Vec<u8>], mut f: impl FnMut(&[u8])) -> f64 {
     t.elapsed().as_nanos() as f64 / (rounds as f64 * keys.len() as f64)
 }
 
+/// The server and the two segments, removed however `main` ends (an error, or a panic
+/// such as printing into a closed pipe).
+struct Cleanup {
+    server: std::process::Child,
+    segments: [String; 2],
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for s in &self.segments {
+            let _ = Cache::unlink(s);
+        }
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let sock = dir.path().join("redis.sock");
-    let mut server = Command::new("redis-server")
+    let server = Command::new("redis-server")
         .args([
             "--port",
             "0",
@@ -50,6 +67,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         format!("tier-bench-a-{}", std::process::id()),
         format!("tier-bench-b-{}", std::process::id()),
     );
+    let _cleanup = Cleanup {
+        server,
+        segments: [na.clone(), nb.clone()],
+    };
     let run = || -> Result<(), Box<dyn std::error::Error>> {
         let (ca, cb) = (Cache::open(&na)?, Cache::open(&nb)?);
         let opts = || TierOptions::new("bench").l1_ttl(Duration::from_secs(600));
@@ -154,10 +175,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         Ok(())
     };
-    let res = run();
-    let _ = Cache::unlink(&na);
-    let _ = Cache::unlink(&nb);
-    let _ = server.kill();
-    let _ = server.wait();
-    res
+    run()
 }
