@@ -22,8 +22,8 @@ use std::sync::atomic::Ordering;
 const INLINE_TAGGED: usize = 64;
 
 /// A key's stored bytes: the caller's own, or tagged with a namespace and generation.
-/// A short tagged key is built inline (a heap allocation and free cost about as much as
-/// the rest of a get's namespace work), a long one on the heap.
+/// Built for locked operations only (lock-free reads compare tag and key apart); a short
+/// tagged key inline, sparing them a heap allocation, a long one on the heap.
 pub(crate) enum KeyBytes<'k> {
     Borrowed(&'k [u8]),
     Inline { len: u8, buf: [u8; INLINE_TAGGED] },
@@ -75,14 +75,22 @@ impl<'k> Routed<'k> {
     /// `user`, of namespace slot `ns` at generation `gen` (`None`: stored as it is).
     #[inline]
     pub(crate) fn new(user: &'k [u8], tag: Option<(u32, u64)>, shard: usize, hash: u32) -> Self {
-        Routed {
+        let r = Routed {
             user,
             tag: tag.map(|(ns, gen)| self::tag(ns as usize, gen)),
             stored: OnceCell::new(),
             shard,
             hash,
             gen: tag.map_or(0, |(_, g)| g),
+        };
+        if let Some(t) = &r.tag {
+            if TAG_LEN + user.len() > INLINE_TAGGED {
+                // Built now, on the heap: locked operations build the stored form under
+                // the lock, where nothing may allocate.
+                let _ = r.stored.set(KeyBytes::tagged(t, user));
+            }
         }
+        r
     }
 
     /// Whether the key carries a namespace tag.
@@ -91,7 +99,7 @@ impl<'k> Routed<'k> {
         self.tag.is_some()
     }
 
-    /// The key as stored (built on first use).
+    /// The key as stored, built on first use (inline: no allocation, even under a lock).
     #[inline]
     pub(crate) fn key(&self) -> Key<'_> {
         let bytes = self.stored.get_or_init(|| match &self.tag {

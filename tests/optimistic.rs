@@ -413,10 +413,15 @@ fn locked_gets_of_a_namespace_count_once() {
     let mut buf = [0u8; 8];
     assert_eq!(ns.get_into(b"k", &mut buf).unwrap(), Some(1));
     assert!(ns.get(b"absent").unwrap().is_none());
+    // A key too long for the stack-built tagged form (which is then made before the lock).
+    let long = vec![b'x'; 300];
+    ns.set(&long, b"w").unwrap();
+    assert_eq!(ns.get(&long).unwrap().as_deref(), Some(&b"w"[..]));
+    assert!(cache.get(&long).unwrap().is_none(), "the default namespace's key is another");
     let all = cache.stats().unwrap().total;
-    assert_eq!((all.hits, all.misses), (6, 1));
+    assert_eq!((all.hits, all.misses), (7, 2));
     let own = ns.namespace_stats().unwrap();
-    assert_eq!((own.hits, own.misses), (6, 1));
+    assert_eq!((own.hits, own.misses), (7, 1));
     assert_eq!(cache.namespace_stats().unwrap().hits, 0);
 }
 
