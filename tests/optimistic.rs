@@ -417,7 +417,10 @@ fn locked_gets_of_a_namespace_count_once() {
     let long = vec![b'x'; 300];
     ns.set(&long, b"w").unwrap();
     assert_eq!(ns.get(&long).unwrap().as_deref(), Some(&b"w"[..]));
-    assert!(cache.get(&long).unwrap().is_none(), "the default namespace's key is another");
+    assert!(
+        cache.get(&long).unwrap().is_none(),
+        "the default namespace's key is another"
+    );
     let all = cache.stats().unwrap().total;
     assert_eq!((all.hits, all.misses), (7, 2));
     let own = ns.namespace_stats().unwrap();

@@ -369,11 +369,30 @@ impl Inner {
     }
 
     fn seq(&self, stripe: &[u8]) -> Result<i64> {
+        self.ensure_stripe(stripe)?;
         Ok(self.meta.incr(stripe, 0)?)
     }
 
     pub(crate) fn bump(&self, key: &[u8]) -> Result<i64> {
-        Ok(self.meta.incr(&Self::stripe(key), 1)?)
+        let stripe = Self::stripe(key);
+        self.ensure_stripe(&stripe)?;
+        Ok(self.meta.incr(&stripe, 1)?)
+    }
+
+    /// Creates a missing stripe at a random number, not at 0: a stripe is an ordinary
+    /// entry that the segment may evict, and one evicted and re-created between a fill's
+    /// two reads must not come back to the number the fill read first.
+    fn ensure_stripe(&self, stripe: &[u8]) -> Result<()> {
+        if !self.meta.contains(stripe)? {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write(stripe);
+            // 2^47 starting points, and room for 2^62 bumps after any of them.
+            let start = h.finish() >> 17;
+            // Another process may have created it meanwhile: its number serves as well.
+            let _ = self.meta.add(stripe, start.to_string().as_bytes());
+        }
+        Ok(())
     }
 
     /// Adds one to machine-wide counter `which`. (A counter that cannot be bumped, on a
