@@ -956,9 +956,10 @@ impl Cache {
             }
             return Ok(res);
         }
+        let stored = k.key();
         let res = self.with_shard(k.shard, |v| {
             let mut now = Now::lazy(monotonic_ns);
-            match v.lookup_as(k.key(), &mut now, self.shard_counts(counted))? {
+            match v.lookup_as(stored, &mut now, self.shard_counts(counted))? {
                 Some(r) => {
                     let mut out = Vec::new();
                     v.read_value(r, &mut out)?;
@@ -1028,9 +1029,10 @@ impl Cache {
                 res
             }
             None => {
+                let stored = k.key();
                 let res = self.with_shard(k.shard, |v| {
                     let mut now = Now::lazy(monotonic_ns);
-                    match v.lookup_as(k.key(), &mut now, self.shard_counts(counted))? {
+                    match v.lookup_as(stored, &mut now, self.shard_counts(counted))? {
                         Some(r) => {
                             let len = v.value_len(r)?;
                             if len <= buf.len() {
@@ -1062,8 +1064,9 @@ impl Cache {
         if let Some(found) = self.read_unlocked(&k, false, |_, _, _| Ok(())) {
             return Ok(found.is_some());
         }
+        let stored = k.key();
         self.with_shard(k.shard, |v| {
-            v.contains(k.key(), &mut Now::lazy(monotonic_ns))
+            v.contains(stored, &mut Now::lazy(monotonic_ns))
         })
     }
 
@@ -1076,12 +1079,15 @@ impl Cache {
                 now = monotonic_ns();
                 at
             }
-            None => self.with_shard(k.shard, |v| {
-                let mut n = Now::lazy(monotonic_ns);
-                let at = v.deadline(k.key(), &mut n)?;
-                now = n.get();
-                Ok(at)
-            })?,
+            None => {
+                let stored = k.key();
+                self.with_shard(k.shard, |v| {
+                    let mut n = Now::lazy(monotonic_ns);
+                    let at = v.deadline(stored, &mut n)?;
+                    now = n.get();
+                    Ok(at)
+                })?
+            }
         };
         Ok(at.map(|at| match at {
             0 => Expiry::Never,
@@ -1105,9 +1111,10 @@ impl Cache {
         mode: StoreMode,
     ) -> Result<Stored> {
         self.check_value(value)?;
+        let stored = k.key();
         let s = self.with_shard(k.shard, |v| {
             v.store(
-                k.key(),
+                stored,
                 value,
                 Deadline::At(deadline),
                 mode,
@@ -1172,9 +1179,10 @@ impl Cache {
     /// Removes `key` and returns its value.
     pub fn take(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let k = self.route(key)?;
+        let stored = k.key();
         let v = self.with_shard(k.shard, |v| {
             let mut out = Vec::new();
-            Ok(v.take(k.key(), &mut Now::lazy(monotonic_ns), &mut out)?
+            Ok(v.take(stored, &mut Now::lazy(monotonic_ns), &mut out)?
                 .then_some(out))
         })?;
         if v.is_some() {
@@ -1186,7 +1194,8 @@ impl Cache {
     /// Removes `key`; true if it was present.
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
         let k = self.route(key)?;
-        let gone = self.with_shard(k.shard, |v| v.remove(k.key(), &mut Now::lazy(monotonic_ns)))?;
+        let stored = k.key();
+        let gone = self.with_shard(k.shard, |v| v.remove(stored, &mut Now::lazy(monotonic_ns)))?;
         if gone {
             self.edited();
         }
@@ -1197,8 +1206,9 @@ impl Cache {
     pub fn expire(&self, key: &[u8], ttl: Option<Duration>) -> Result<bool> {
         let k = self.route(key)?;
         let at = self.deadline(ttl)?;
+        let stored = k.key();
         let changed = self.with_shard(k.shard, |v| {
-            v.set_deadline(k.key(), at, &mut Now::lazy(monotonic_ns))
+            v.set_deadline(stored, at, &mut Now::lazy(monotonic_ns))
         })?;
         if changed {
             self.edited();
@@ -1211,8 +1221,9 @@ impl Cache {
     pub fn incr(&self, key: &[u8], delta: i64) -> Result<i64> {
         let k = self.route(key)?;
         let d = self.default_deadline();
+        let stored = k.key();
         match self.with_shard(k.shard, |v| {
-            v.incr(k.key(), delta, d, &mut Now::lazy(monotonic_ns))
+            v.incr(stored, delta, d, &mut Now::lazy(monotonic_ns))
         })? {
             Incr::Value(n) => {
                 self.edited();

@@ -75,22 +75,14 @@ impl<'k> Routed<'k> {
     /// `user`, of namespace slot `ns` at generation `gen` (`None`: stored as it is).
     #[inline]
     pub(crate) fn new(user: &'k [u8], tag: Option<(u32, u64)>, shard: usize, hash: u32) -> Self {
-        let r = Routed {
+        Routed {
             user,
             tag: tag.map(|(ns, gen)| self::tag(ns as usize, gen)),
             stored: OnceCell::new(),
             shard,
             hash,
             gen: tag.map_or(0, |(_, g)| g),
-        };
-        if let Some(t) = &r.tag {
-            if TAG_LEN + user.len() > INLINE_TAGGED {
-                // Built now, on the heap: locked operations build the stored form under
-                // the lock, where nothing may allocate.
-                let _ = r.stored.set(KeyBytes::tagged(t, user));
-            }
         }
-        r
     }
 
     /// Whether the key carries a namespace tag.
@@ -99,7 +91,8 @@ impl<'k> Routed<'k> {
         self.tag.is_some()
     }
 
-    /// The key as stored, built on first use (inline: no allocation, even under a lock).
+    /// The key as stored, built on first use. Locked operations take it before locking:
+    /// a long tagged key is built on the heap, and nothing may allocate under the lock.
     #[inline]
     pub(crate) fn key(&self) -> Key<'_> {
         let bytes = self.stored.get_or_init(|| match &self.tag {
