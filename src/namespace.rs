@@ -395,18 +395,32 @@ impl Cache {
     /// # Ok::<(), shmemcache::Error>(())
     /// ```
     pub fn get_counts(&self) -> Result<GetCounts> {
+        Ok(self.own_counts()?.0)
+    }
+
+    /// This namespace's gets and sets; for the default namespace, the cache's totals (one
+    /// read of every shard's counters) less the other namespaces'.
+    fn own_counts(&self) -> Result<(GetCounts, u64)> {
+        let sets = |s: usize| {
+            self.seg
+                .ns_word(s, ns_word::SETS)
+                .map_or(0, |x| x.load(Ordering::Relaxed))
+        };
         if self.ns != 0 {
-            return Ok(GetCounts {
+            let gets = GetCounts {
                 hits: self.ns_gets(self.ns, true),
                 misses: self.ns_gets(self.ns, false),
-            });
+            };
+            return Ok((gets, sets(self.ns)));
         }
         let t = self.stats()?.total;
         let others = |hit| (1..NS_SLOTS).map(|s| self.ns_gets(s, hit)).sum::<u64>();
-        Ok(GetCounts {
+        let gets = GetCounts {
             hits: t.hits.saturating_sub(others(true)),
             misses: t.misses.saturating_sub(others(false)),
-        })
+        };
+        let other_sets = (1..NS_SLOTS).map(sets).sum::<u64>();
+        Ok((gets, t.sets.saturating_sub(other_sets)))
     }
 
     /// This namespace's figures. Entries and bytes come from a scan of every shard (one
@@ -420,12 +434,7 @@ impl Cache {
                 .ns_word(s, w)
                 .map_or(0, |x| x.load(Ordering::Relaxed))
         };
-        let GetCounts { hits, misses } = self.get_counts()?;
-        let mut sets = word(self.ns, ns_word::SETS);
-        if self.ns == 0 {
-            let others = (1..NS_SLOTS).map(|s| word(s, ns_word::SETS)).sum::<u64>();
-            sets = self.stats()?.total.sets.saturating_sub(others);
-        }
+        let (GetCounts { hits, misses }, sets) = self.own_counts()?;
         Ok(NamespaceStats {
             name: self.ns_name(self.ns),
             generation: self.generation(),
